@@ -1,0 +1,40 @@
+"""`routescope …`: a thin shell over the library. Each module below registers its own commands."""
+
+from __future__ import annotations
+
+import sys
+
+from routescope.cli import (  # noqa: F401  (imported for their command registrations)
+    analyze,
+    collect,
+    localize,
+    misc,
+    sql,
+    steer,
+)
+from routescope.cli._app import app
+from routescope.errors import RoutescopeError
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except RoutescopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        raise

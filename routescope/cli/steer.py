@@ -1,0 +1,3 @@
+"""CLI commands: steer."""
+
+from routescope.cli._app import analyze_app, app  # noqa: F401

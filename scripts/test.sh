@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install routescope with its dev extras and run the whole test suite (unit, integration, e2e).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh dev
+export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1
+python3 -m pytest -n 2 -q tests
