@@ -128,9 +128,11 @@ class Trace:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.num_tokens,):
             raise ValueError("token mask must have one entry per token row")
-        counts = np.add.reduceat(mask.astype(np.int64), self.seq_offsets[:-1]) if len(
-            self.seq_offsets
-        ) > 1 else np.zeros(0, dtype=np.int64)
+        counts = (
+            np.add.reduceat(mask.astype(np.int64), self.seq_offsets[:-1])
+            if len(self.seq_offsets) > 1
+            else np.zeros(0, dtype=np.int64)
+        )
         # reduceat gives wrong values for empty sequences; fix them.
         counts = np.where(self.seq_lengths > 0, counts, 0)
         keep_seq = counts > 0
@@ -187,6 +189,16 @@ class Trace:
     @property
     def label_set(self) -> list[str]:
         return sorted({str(x) for x in self.labels.tolist() if x is not None})
+
+    @classmethod
+    def from_parquet(cls, directory: str, run: str | None = None, **filters: object) -> Trace:
+        """Load a run from a `routescope export --parquet DIR` directory (newest run if None).
+
+        filters: phase, labels, layers as in `RoutingStore.load_trace`.
+        """
+        from routescope.store.parquet import load_trace_parquet  # lazy: keeps Trace light
+
+        return load_trace_parquet(directory, run, **filters)  # type: ignore[arg-type]
 
     @classmethod
     def from_sequences(
