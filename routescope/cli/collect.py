@@ -1,3 +1,92 @@
-"""CLI commands: collect."""
+"""CLI commands: collect (run a collection job from a TOML spec and/or flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
 
 from routescope.cli._app import analyze_app, app  # noqa: F401
+
+
+@app.command()
+def collect(
+    job_file: Path | None = typer.Argument(
+        None, help="TOML job spec (see collectors/README.md); flags below override its fields."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Hub id or local path (default: the shipped demo model)."
+    ),
+    prompts: list[Path] | None = typer.Option(
+        None, "--prompts", "-p", help="Prompt file (.jsonl/.csv/.parquet/.txt); repeatable."
+    ),
+    label: str | None = typer.Option(None, help="Label for every prompt (overrides the files')."),
+    db: str | None = typer.Option(None, help="DuckDB file to write (default routescope.duckdb)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help="Sequences per batch."),
+    max_length: int | None = typer.Option(None, help="Truncate prompts to this many tokens."),
+    max_new_tokens: int | None = typer.Option(
+        None, help="Generate and record this many tokens per prompt."
+    ),
+    save_probs: bool | None = typer.Option(
+        None, "--save-probs/--no-save-probs", help="Also store full router distributions."
+    ),
+    name: str | None = typer.Option(None, help="Run name (also its id); resumes when reused."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 or auto."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps, …"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Record a model's routing over prompt sets into the DuckDB store (resumable: re-run the same
+    command after an interruption to continue)."""
+    from rich.console import Console
+
+    from routescope.collect.jobs import JobSpecError, job_from_options, load_job
+    from routescope.collect.runner import CollectionInterrupted, run_job
+
+    options = {
+        "model": model,
+        "db": db,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "max_new_tokens": max_new_tokens,
+        "save_probs": save_probs,
+        "name": name,
+        "dtype": dtype,
+        "device": device,
+    }
+    if job_file is not None:
+        job = load_job(job_file)
+        if prompts:
+            from routescope.collect.jobs import PromptSetSpec
+
+            sets = tuple(PromptSetSpec(path=str(p), label=label) for p in prompts)
+            job = job.with_overrides(prompt_sets=sets)
+        elif label is not None:
+            from dataclasses import replace
+
+            sets = tuple(replace(ps, label=label) for ps in job.prompt_sets)
+            job = job.with_overrides(prompt_sets=sets)
+        job = job.with_overrides(**options)
+    elif prompts:
+        job = job_from_options([str(p) for p in prompts], label=label, **options)
+    else:
+        raise JobSpecError(
+            "nothing to collect: give a job file (e.g. `routescope collect collectors/demo.toml`) "
+            "or --prompts FILE"
+        )
+    err = Console(stderr=True)
+    try:
+        result = run_job(job, quiet=quiet)
+    except CollectionInterrupted as exc:
+        err.print(f"[yellow]{exc}[/]", highlight=False)
+        raise typer.Exit(130) from None
+    if not quiet:
+        if result.sequences_written == 0:
+            msg = f"run {result.run_id} was already complete ({result.sequences_total} sequences)"
+        else:
+            msg = (
+                f"run {result.run_id}: {result.sequences_written} sequences, "
+                f"{result.tokens_written} tokens ({result.tokens_per_second:,.0f} tok/s)"
+            )
+            if result.sequences_skipped:
+                msg += f"; {result.sequences_skipped} already stored were skipped"
+        err.print(f"{msg} → {result.db}", highlight=False)

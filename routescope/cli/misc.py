@@ -1,3 +1,91 @@
-"""CLI commands: misc."""
+"""CLI commands: runs (list the store's runs), export (a run as hive-partitioned Parquet)."""
 
-from routescope.cli._app import analyze_app, app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from routescope.cli._app import DEFAULT_DB, analyze_app, app  # noqa: F401
+
+
+@app.command()
+def runs(
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+) -> None:
+    """List the runs in the store, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from routescope.store.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store:
+        frame = store.runs()
+    table = Table(title=f"runs in {db}")
+    for col, justify in (
+        ("run", "left"),
+        ("model", "left"),
+        ("family", "left"),
+        ("layers", "right"),
+        ("E", "right"),
+        ("k", "right"),
+        ("tokens", "right"),
+        ("sequences", "right"),
+        ("labels", "left"),
+        ("status", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in frame.iter_rows(named=True):
+        name = (
+            row["run_id"]
+            if row["name"] in (None, row["run_id"])
+            else (f"{row['run_id']} ({row['name']})")
+        )
+        moe = row["moe_layers"] or []
+        layers = (
+            f"{len(moe)}/{row['num_layers']}"
+            if len(moe) != row["num_layers"]
+            else str(row["num_layers"])
+        )
+        labels = ", ".join(x for x in (row["labels"] or []) if x is not None)
+        table.add_row(
+            name,
+            str(row["model_id"]),
+            str(row["family"]),
+            layers,
+            str(row["num_experts"]),
+            str(row["top_k"]),
+            f"{row['tokens']:,}",
+            f"{row['sequences']:,}",
+            labels if len(labels) <= 40 else labels[:37] + "…",
+            str(row["status"]),
+        )
+    console = Console()
+    if frame.height == 0:
+        console.print(f"no runs in {db}; record one with `routescope collect`")
+        return
+    console.print(table)
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="Run id or name ('latest' for the newest)."),
+    parquet: Path = typer.Option(..., "--parquet", help="Directory to write (created if needed)."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),
+) -> None:
+    """Write a run as hive-partitioned Parquet (routes/run_id=…/layer=…, tokens, sequences, runs)."""
+    from rich.console import Console
+
+    from routescope.store.parquet import export_parquet
+    from routescope.store.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store:
+        run_id = store.resolve_run(run)
+        counts = export_parquet(store, run_id, parquet)
+    if not quiet:
+        Console(stderr=True).print(
+            f"exported run {run_id} to {parquet}: {counts['routes']:,} route rows, "
+            f"{counts['tokens']:,} tokens, {counts['sequences']:,} sequences",
+            highlight=False,
+        )

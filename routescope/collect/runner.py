@@ -1,0 +1,307 @@
+"""Run a collection job: prompts → tokenize → batches through the engine → the routing store.
+
+Resumable: the run id is deterministic from the job, each batch of whole sequences is one store
+transaction, and sequences already stored are skipped, so re-running an interrupted command
+continues where it stopped. seq_id is a prompt's index in the job's prompt order (stable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routescope.collect.jobs import DEMO_MODEL, JobSpec, JobSpecError
+from routescope.collect.prompts import Prompt, TokenizedPrompt, read_prompt_set, tokenize_prompts
+from routescope.collect.records import BatchRouting
+from routescope.errors import RoutescopeError
+
+CollectFn = Callable[..., BatchRouting]
+
+
+class CollectionInterrupted(RoutescopeError):
+    """Ctrl-C or out of memory during a collection; the run is kept and can be resumed."""
+
+
+@dataclass
+class RunResult:
+    """What a job did: counts of this invocation and the run's final status."""
+
+    run_id: str
+    db: str
+    sequences_total: int
+    sequences_skipped: int
+    sequences_written: int
+    tokens_written: int
+    route_rows: int
+    seconds: float
+    status: str
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def read_job_prompts(job: JobSpec) -> list[Prompt]:
+    """All prompts of the job in job order (prompt sets in order, rows in file order)."""
+    prompts: list[Prompt] = []
+    for ps in job.prompt_sets:
+        prompts.extend(read_prompt_set(ps.path, label=ps.label, split=ps.split, name=ps.name))
+    return prompts
+
+
+def resolve_model_path(model: str) -> str:
+    """'demo' → the shipped demo model's directory (clear error if it is not there)."""
+    if model != DEMO_MODEL:
+        return model
+    try:
+        from routescope.models.demo import DEMO_MODEL_PATH
+    except ImportError:
+        raise JobSpecError(
+            "the demo model is not installed in this checkout (routescope/models/demo); "
+            "pass --model PATH_OR_HUB_ID"
+        ) from None
+    path = Path(DEMO_MODEL_PATH)
+    if not (path / "config.json").is_file():
+        raise JobSpecError(
+            f"the demo model's files are missing from {path}; build it with "
+            "`python -m routescope.models.demo.train` or pass --model PATH_OR_HUB_ID"
+        )
+    return str(path)
+
+
+def load_job_model(job: JobSpec) -> Any:
+    """Load the job's model as a `routescope.models.LoadedModel` (torch imported only here)."""
+    from routescope.models import load_model
+
+    return load_model(
+        resolve_model_path(job.model),
+        dtype=job.dtype,
+        device=job.device,
+        trust_remote_code=job.trust_remote_code,
+        revision=job.revision,
+    )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("routescope", "torch", "transformers", "nnsight", "duckdb"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError)
+        and ("out of memory" in text or "can't allocate memory" in text)
+    )
+
+
+def plan_batches(
+    tokenized: Sequence[TokenizedPrompt], todo: Sequence[int], batch_size: int
+) -> list[list[int]]:
+    """Batches of seq ids, longest first (fewer pads per batch, and memory trouble shows early)."""
+    order = sorted(todo, key=lambda i: (-len(tokenized[i].input_ids), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class _TokenTexts:
+    """Token id → text, decoded once per id with the tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.texts: dict[int, str] = {}
+
+    def update(self, token_ids: np.ndarray) -> dict[int, str]:
+        new = [int(i) for i in np.unique(token_ids) if int(i) not in self.texts]
+        if new:
+            decoded = self.tokenizer.batch_decode([[i] for i in new])
+            self.texts.update(zip(new, decoded, strict=True))
+        return self.texts
+
+
+def run_job(
+    job: JobSpec,
+    *,
+    quiet: bool = False,
+    lm: Any = None,
+    collect_fn: CollectFn | None = None,
+    store: Any = None,
+    after_batch: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Collect the job's routing into its database, resuming a previous partial run.
+
+    lm: an already-loaded `LoadedModel` (else the job's model is loaded); collect_fn: the engine
+    (default `routescope.collect.engine.collect_batch`); store: an open writable `RoutingStore`
+    (else job.db is opened); after_batch(i) is called after batch i is committed.
+    Raises `CollectionInterrupted` on Ctrl-C or out-of-memory, with the run marked 'interrupted'.
+    """
+    from routescope.store.store import RoutingStore
+
+    prompts = read_job_prompts(job)
+    own_store = store is None
+    if own_store:
+        store = RoutingStore(job.db)
+    run_id = job.run_id
+    try:
+        if lm is None:
+            lm = load_job_model(job)
+        if collect_fn is None:
+            from routescope.collect.engine import collect_batch
+
+            collect_fn = collect_batch
+        if lm.tokenizer is None:
+            raise JobSpecError(f"model {job.model} has no tokenizer; it is needed to tokenize")
+        tokenized = tokenize_prompts(prompts, lm.tokenizer, job.max_length)
+        store.create_or_resume_run(
+            run_id,
+            name=job.name or run_id,
+            model_id=lm.model_id,
+            family=lm.family,
+            num_layers=lm.num_layers,
+            moe_layers=list(lm.moe_layers),
+            num_experts=lm.num_experts,
+            top_k=lm.top_k,
+            num_shared_experts=lm.num_shared_experts,
+            norm_topk_prob=lm.norm_topk_prob,
+            model_revision=getattr(lm, "revision", None),
+            dtype=str(getattr(lm, "dtype", job.dtype)).removeprefix("torch."),
+            device=str(getattr(lm, "device", job.device)),
+            steering_id=job.steering,
+            config=job.identity(),
+            versions=_versions(),
+        )
+        stored = store.stored_seq_ids(run_id)
+        todo = [i for i in range(len(tokenized)) if i not in stored]
+        batches = plan_batches(tokenized, todo, job.batch_size)
+        result = _collect(
+            job, store, run_id, lm, collect_fn, tokenized, batches, quiet, after_batch
+        )
+        result.sequences_skipped = len(tokenized) - len(todo)
+        return result
+    finally:
+        if own_store:
+            store.close()
+
+
+def _collect(
+    job: JobSpec,
+    store: Any,
+    run_id: str,
+    lm: Any,
+    collect_fn: CollectFn,
+    tokenized: list[TokenizedPrompt],
+    batches: list[list[int]],
+    quiet: bool,
+    after_batch: Callable[[int], None] | None,
+) -> RunResult:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    texts = _TokenTexts(lm.tokenizer)
+    total = len(tokenized)
+    done_before = total - sum(len(b) for b in batches)
+    written = tokens = rows = 0
+    start = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]collect[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]:>8.0f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+        transient=False,
+    )
+    batch_size = job.batch_size
+    try:
+        with progress:
+            task = progress.add_task(run_id, total=total, completed=done_before, tps=0.0)
+            for bi, seq_ids in enumerate(batches):
+                batch = collect_fn(
+                    lm,
+                    [tokenized[i].input_ids for i in seq_ids],
+                    max_new_tokens=job.max_new_tokens,
+                    save_probs=job.save_probs,
+                    steering=None,
+                )
+                in_target = _in_target_rows(batch, [tokenized[i] for i in seq_ids])
+                meta = [
+                    {
+                        "seq_id": i,
+                        "prompt_set": tokenized[i].prompt.prompt_set,
+                        "prompt_id": tokenized[i].prompt.id,
+                        "label": tokenized[i].prompt.label,
+                        "text": tokenized[i].text,
+                    }
+                    for i in seq_ids
+                ]
+                rows += store.write_batch(
+                    run_id, meta, batch, texts.update(batch.token_ids), in_target
+                )
+                written += len(seq_ids)
+                tokens += batch.num_tokens
+                elapsed = time.perf_counter() - start
+                progress.update(task, advance=len(seq_ids), tps=tokens / max(elapsed, 1e-9))
+                if after_batch is not None:
+                    after_batch(bi)
+    except KeyboardInterrupt:
+        store.set_status(run_id, "interrupted")
+        raise CollectionInterrupted(
+            f"interrupted: run {run_id} keeps {done_before + written} of {total} sequences in "
+            f"{job.db}; re-run the same command to resume"
+        ) from None
+    except Exception as exc:
+        if _is_oom(exc):
+            store.set_status(run_id, "interrupted")
+            smaller = max(1, batch_size // 2)
+            raise CollectionInterrupted(
+                f"out of memory at batch size {batch_size}: run {run_id} keeps "
+                f"{done_before + written} of {total} sequences; re-run the same command with "
+                f"--batch-size {smaller} to resume"
+            ) from None
+        store.set_status(run_id, "failed")
+        raise
+    store.set_status(run_id, "complete")
+    return RunResult(
+        run_id=run_id,
+        db=job.db,
+        sequences_total=total,
+        sequences_skipped=done_before,
+        sequences_written=written,
+        tokens_written=tokens,
+        route_rows=rows,
+        seconds=time.perf_counter() - start,
+        status="complete",
+    )
+
+
+def _in_target_rows(batch: BatchRouting, prompts: Sequence[TokenizedPrompt]) -> np.ndarray:
+    """bool per token row: a prefill token whose prompt position lies in the prompt's target."""
+    out = np.zeros(batch.num_tokens, dtype=bool)
+    for b, tp in enumerate(prompts):
+        sl = batch.sequence(b)
+        if not tp.in_target.any():
+            continue
+        pos = np.asarray(batch.positions[sl], dtype=np.int64)
+        prefill = (np.asarray(batch.phase[sl]) == 0) & (pos < len(tp.in_target))
+        vals = np.zeros(len(pos), dtype=bool)
+        vals[prefill] = tp.in_target[pos[prefill]]
+        out[sl] = vals
+    return out
