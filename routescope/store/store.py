@@ -213,6 +213,8 @@ class RoutingStore:
         else:
             sel_layers = [int(x) for x in layers]
             bad = [x for x in sel_layers if x not in all_layers]
+            if len(set(sel_layers)) != len(sel_layers):
+                raise InvalidParameterError(f"layers {sel_layers} repeat a layer; list each once")
             if bad:
                 raise InvalidParameterError(
                     f"layer(s) {bad} are not MoE layers of run {run_id}; "
@@ -274,7 +276,7 @@ class RoutingStore:
             f"""WITH {sel_cte}
             SELECT r.experts, r.weights FROM {route_src}
             WHERE r.run_id = $run AND list_contains($layers, r.layer)
-            ORDER BY r.seq_id, r.pos, r.layer""",
+            ORDER BY r.seq_id, r.pos, list_position($layers, r.layer)""",
             params,
         )
         if routes.num_rows != n_tok * n_lay:
