@@ -97,6 +97,81 @@ def split_target_spans(trace: Trace, control: str | None = None) -> tuple[Trace,
     )
 
 
+SPEC_HELP = (
+    "label:NAME (sequences with that label), set:PROMPTSET, run:RUN (all tokens of another run), "
+    "target (tokens in target spans) or rest (every token of the run not in the target set)"
+)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'label:x' → ('label', 'x'); 'target' / 'rest' → (kind, None). One clear error otherwise."""
+    kind, sep, arg = spec.partition(":")
+    if kind in ("label", "set", "run") and sep and arg:
+        return kind, arg
+    if kind in ("target", "rest") and not sep:
+        return kind, None
+    raise InvalidParameterError(f"cannot read token-set spec {spec!r}; use {SPEC_HELP}")
+
+
+def token_sets_from_specs(
+    trace: Trace | None,
+    target: str,
+    control: str,
+    load_run: Callable[[str], Trace] | None = None,
+) -> tuple[Trace, Trace]:
+    """Target and control token sets from two specs (see SPEC_HELP) over `trace`; `run:` specs
+    are loaded with `load_run`. 'rest' is the complement of the target set within `trace`."""
+    tk, ta = parse_spec(target)
+    ck, ca = parse_spec(control)
+    if tk == "rest":
+        raise InvalidParameterError("'rest' can only be the control set; name a target set")
+    if tk == ck == "label" or (tk == "label" and ck == "rest"):
+        assert trace is not None and ta is not None
+        return split_labels(trace, ta, ca)
+    if tk == ck == "set" or (tk == "set" and ck == "rest"):
+        assert trace is not None and ta is not None
+        return split_prompt_sets(trace, ta, ca)
+    if tk == "target" and ck in ("rest", "label"):
+        assert trace is not None
+        return split_target_spans(trace, ca)
+    if ck == "rest":
+        raise InvalidParameterError(
+            "'rest' needs a target of label:NAME, set:NAME or target from the same run"
+        )
+    return _one_set(trace, tk, ta, load_run, "target"), _one_set(trace, ck, ca, load_run, "control")
+
+
+def _one_set(
+    trace: Trace | None,
+    kind: str,
+    arg: str | None,
+    load_run: Callable[[str], Trace] | None,
+    which: str,
+) -> Trace:
+    if kind == "run":
+        if load_run is None:
+            raise InvalidParameterError("run: token sets need a database to load the run from")
+        return _nonempty(load_run(str(arg)), which)
+    if trace is None:
+        raise InvalidParameterError(f"the {which} set {kind}:{arg} needs a run to select from")
+    if kind == "label":
+        if arg not in trace.label_set:
+            raise InvalidParameterError(
+                f"label {arg!r} not in this run; labels are {trace.label_set}"
+            )
+        mask = np.array([x is not None and str(x) == arg for x in trace.labels], dtype=bool)
+        return _nonempty(trace.select_sequences(mask), which)
+    if kind == "set":
+        mask = np.array([x is not None and str(x) == arg for x in trace.prompt_sets], dtype=bool)
+        if not mask.any():
+            known = sorted({str(x) for x in trace.prompt_sets.tolist() if x is not None})
+            raise InvalidParameterError(
+                f"prompt set {arg!r} not in this run; prompt sets are {known}"
+            )
+        return _nonempty(trace.select_sequences(mask), which)
+    return _nonempty(trace.select_tokens(trace.in_target), which)  # kind == "target"
+
+
 def _nonempty(t: Trace, which: str) -> Trace:
     if t.num_tokens == 0:
         raise InvalidParameterError(f"the {which} token set is empty; check the selection")

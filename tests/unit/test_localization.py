@@ -298,3 +298,117 @@ def test_steering_spec_filters() -> None:
     assert lo.steering_spec_from_ranking(r, top=3, q_max=0.0)["edits"] == []
     # Only positive scores qualify, so expert 3 (rd = -1) never appears.
     assert all(x["expert"] != 3 for x in lo.steering_spec_from_ranking(r, 10, q_max=None)["edits"])
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+def write_db(path, trace: Trace, run_id: str) -> None:  # noqa: ANN001
+    """Store a synthetic trace as a run, through the store's own writer."""
+    from routescope.collect.records import BatchRouting
+    from routescope.store import RoutingStore
+
+    with RoutingStore(str(path)) as store:
+        store.create_or_resume_run(
+            run_id,
+            name=run_id,
+            model_id="synthetic",
+            family="olmoe",
+            num_layers=trace.num_layers,
+            moe_layers=list(trace.layers),
+            num_experts=trace.num_experts,
+            top_k=trace.top_k,
+        )
+        batch = BatchRouting(
+            seq_offsets=trace.seq_offsets,
+            token_ids=trace.token_ids,
+            positions=trace.positions,
+            phase=trace.phase,
+            experts=trace.experts,
+            weights=trace.weights,
+        )
+        meta = [
+            {"seq_id": int(s), "label": lab, "prompt_set": "ps", "prompt_id": f"p{s}"}
+            for s, lab in zip(trace.seq_ids, trace.labels, strict=True)
+        ]
+        store.write_batch(run_id, meta, batch, in_target=trace.in_target)
+
+
+def test_cli_localize_and_specialization(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from typer.testing import CliRunner
+
+    from routescope.cli import app
+
+    tr = synthetic(0, planted=((0, 3), (1, 5)))
+    db = tmp_path / "r.duckdb"
+    write_db(db, tr, "syn")
+    runner = CliRunner()
+    args = ["localize", "syn", "--db", str(db), "--target", "label:t", "--control", "label:c"]
+    spec_file, plot_file = tmp_path / "spec.json", tmp_path / "rd.html"
+    res = runner.invoke(
+        app,
+        [*args, "--json", "--top", "3", "--n-boot", "100", "--n-perm", "500", "-q"]
+        + ["--spec-out", str(spec_file), "--plot", str(plot_file)],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert {(r["layer"], r["expert"]) for r in out["results"][:2]} == {(0, 3), (1, 5)}
+    assert len(out["results"]) == 3 and out["n1"] == int(tr.seq_lengths[:20].sum())
+    direct = lo.localize(*lo.split_labels(tr, "t", "c"), n_boot=100, n_perm=500)
+    assert [r["rd"] for r in out["results"]] == pytest.approx(direct["rd"].head(3).to_list())
+    assert [r["q_value"] for r in out["results"]] == pytest.approx(direct["q_value"].head(3))
+    spec = json.loads(spec_file.read_text())
+    assert {(x["layer"], x["expert"]) for x in spec["edits"]} == {(0, 3), (1, 5)}
+    assert "plotly" in plot_file.read_text()[:5_000_000].lower()
+    table = runner.invoke(app, [*args, "--n-boot", "50", "--n-perm", "50", "-q"])
+    assert table.exit_code == 0 and "RD" in table.stdout and "N1=" in table.stdout
+
+    spec_res = runner.invoke(
+        app, ["analyze", "specialization", "syn", "--db", str(db), "--json", "--top", "1"]
+    )
+    assert spec_res.exit_code == 0, spec_res.output
+    sj = json.loads(spec_res.stdout)
+    # label t's most over-used expert is a planted one, ×(share / (k/E)) straight from the trace
+    best_t = next(r for r in sj["top_specialized"] if r["label"] == "t")
+    assert (best_t["layer"], best_t["expert"]) in {(0, 3), (1, 5)}
+    t_only = tr.select_labels(["t"])
+    col = t_only.layer_position(best_t["layer"])
+    share = (t_only.experts[:, col, :] == best_t["expert"]).any(axis=1).mean()
+    assert best_t["share"] == pytest.approx(share)
+    assert len(sj["load_summary"]) == 2 and len(sj["domain_cv"]) == 2
+    html = tmp_path / "spec.html"
+    spec_res = runner.invoke(
+        app,
+        ["analyze", "specialization", "syn", "--db", str(db), "--layer", "1", "--plot", str(html)],
+    )
+    assert spec_res.exit_code == 0 and html.exists() and "CV across label" in spec_res.stdout
+
+
+def test_cli_bad_spec_is_one_line_error(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    import sys
+
+    from routescope.cli import main
+
+    db = tmp_path / "r.duckdb"
+    write_db(db, hand_trace(), "h")
+    for spec, needle in (
+        ("label:nope", "label 'nope' not in this run"),
+        ("bogus", "token-set spec"),
+    ):
+        argv = [
+            "routescope",
+            "localize",
+            "h",
+            "--db",
+            str(db),
+            "--target",
+            spec,
+            "--control",
+            "rest",
+        ]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines
