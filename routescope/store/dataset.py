@@ -1,0 +1,167 @@
+"""Open a routing store for SQL: a DuckDB file, or a Parquet export directory seen as the same tables.
+
+`connect_store(path)` gives a DuckDB connection on which the schema's table names (runs, sequences,
+tokens, routes, router_probs, …) and the `route_choices` view resolve, whichever form the store has,
+so every named query in queries/ runs unchanged on both. Readers of a DuckDB file retry for a short
+while when a collection job holds the file's write lock (DuckDB lets one process open a file for
+writing and no one else open it meanwhile; the runner holds it only while committing a batch).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import duckdb
+
+from routescope.errors import StoreError
+from routescope.store.schema import DDL
+
+#: How long a reader keeps retrying a locked DuckDB file before giving up, in seconds.
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+_VIEW_RE = re.compile(r"CREATE OR REPLACE VIEW .*?;", re.S)
+
+
+def _schema_columns() -> dict[str, list[tuple[str, str]]]:
+    """table → [(column, type)] of the schema's base tables, read by running the DDL in memory."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(DDL)
+        rows = con.execute(
+            "SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c "
+            "JOIN information_schema.tables t USING (table_name) "
+            "WHERE t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position"
+        ).fetchall()
+    finally:
+        con.close()
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for table, col, ctype in rows:
+        tables.setdefault(table, []).append((col, ctype))
+    return tables
+
+
+#: Base tables of the schema → their columns and types (views such as route_choices excluded).
+SCHEMA_COLUMNS: dict[str, list[tuple[str, str]]] = _schema_columns()
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect_store(
+    path: str | Path,
+    read_only: bool = True,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection exposing the store's tables, from a DuckDB file or a Parquet directory.
+
+    A directory is read as a `routescope export` tree (DIR/<table>/…/*.parquet, hive partitions)
+    into views in an in-memory database; a file is opened directly, `read_only` by default, retrying
+    up to `lock_timeout` seconds while another process holds its write lock.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return _connect_parquet(p)
+    if not p.exists():
+        raise StoreError(
+            f"no routing store at {p}; collect a run first (`routescope collect JOB.toml`) "
+            "or pass --db with a DuckDB file or a Parquet export directory"
+        )
+    return _connect_file(p, read_only=read_only, lock_timeout=lock_timeout)
+
+
+def _connect_file(p: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, backing off (50 ms doubling to 1 s) while its lock is held elsewhere."""
+    deadline = time.monotonic() + max(lock_timeout, 0.0)
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(p), read_only=read_only)
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" not in msg.lower():
+                raise StoreError(
+                    f"cannot open {p} as a DuckDB database: {_first_line(msg)}"
+                ) from None
+            if time.monotonic() + delay > deadline:
+                pid = re.search(r"\(PID (\d+)\)", msg)
+                who = f" (PID {pid.group(1)})" if pid else ""
+                raise StoreError(
+                    f"database {p} is still locked for writing by another process{who} after "
+                    f"{lock_timeout:g} s; wait for that job to finish, or read a Parquet export "
+                    "of the run (`routescope export RUN --parquet DIR`) instead"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"cannot open {p} as a DuckDB database: {_first_line(str(exc))}"
+            ) from None
+
+
+def _first_line(msg: str) -> str:
+    return msg.strip().splitlines()[0] if msg.strip() else msg
+
+
+def _parquet_source(root: Path, table: str) -> str | None:
+    """The read_parquet() argument for `table` in the export tree, or None if it is absent."""
+    sub = root / table
+    if sub.is_dir() and any(sub.rglob("*.parquet")):
+        return _sql_str(str(sub / "**" / "*.parquet"))
+    single = root / f"{table}.parquet"
+    if single.is_file():
+        return _sql_str(str(single))
+    return None
+
+
+def _connect_parquet(root: Path) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB whose schema tables are typed views over the Parquet files under `root`.
+
+    Tables with no files under root stay as empty tables of the schema, so every query still binds.
+    Hive partition columns arrive as strings and are cast to the schema's types, as are file
+    columns (JSON stored as text, for instance); extra columns in the files pass through.
+    """
+    con = duckdb.connect(":memory:")
+    con.execute(_VIEW_RE.sub("", DDL))
+    found = 0
+    try:
+        for table, cols in SCHEMA_COLUMNS.items():
+            source = _parquet_source(root, table)
+            if source is None:
+                continue
+            found += 1
+            scan = (
+                f"read_parquet({source}, hive_partitioning = true, union_by_name = true, "
+                "hive_types_autocast = false)"
+            )
+            present = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+            schema_names = {c for c, _ in cols}
+            select = [
+                f"CAST({_ident(c)} AS {t}) AS {_ident(c)}"
+                if c in present
+                else f"CAST(NULL AS {t}) AS {_ident(c)}"
+                for c, t in cols
+            ]
+            select += [_ident(c) for c in present if c not in schema_names]
+            con.execute(f"DROP TABLE {table}")
+            con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(select)} FROM {scan}")
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreError(
+            f"cannot read the Parquet export {root}: {_first_line(str(exc))}"
+        ) from None
+    if found == 0:
+        con.close()
+        raise StoreError(
+            f"{root} is a directory but not a routescope Parquet export (no runs/, routes/, … "
+            "subdirectories with .parquet files); create one with `routescope export RUN --parquet DIR`"
+        )
+    for view in _VIEW_RE.findall(DDL):
+        con.execute(view)
+    return con
