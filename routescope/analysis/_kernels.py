@@ -1,0 +1,429 @@
+"""numba kernels behind routing consistency (SRP/SCH) and expert-cache simulation.
+
+All kernels take request arrays ``X: int32[N, nL, K]`` (token rows x layers x requests per token,
+``-1`` = padding, used for batch steps whose request sets vary in size) and ``offsets: int64[S+1]``
+(the token rows of each sequence). Work is split into (layer, chunk of sequences) tasks run with
+``prange``; each task owns its output row, so there are no races, and rows are summed afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Policy codes of the generic stack kernel (all are priority algorithms, hence stack algorithms).
+LRU, LFU, LOOKAHEAD, BELADY, BYPASS = 0, 1, 2, 3, 4
+# Service models.
+STREAM, TOKEN, SIMULTANEOUS = 0, 1, 2
+
+_SHIFT = np.int64(1) << np.int64(36)  # room for access stamps inside a composite key
+_INF = np.int64(1) << np.int64(60)  # "never requested again"
+_BOOST = np.int64(1) << np.int64(62)  # simultaneous: the current token's experts outrank all
+
+
+def chunk_bounds(num_seqs: int, num_chunks: int) -> np.ndarray:
+    """Split sequences 0..S-1 into num_chunks contiguous runs; returns int64[num_chunks+1]."""
+    return np.linspace(0, num_seqs, num_chunks + 1).round().astype(np.int64)
+
+
+@njit(cache=True, inline="always")
+def _key(e, policy, boost, t, last, cnt, win, mark, nu):
+    """Priority of resident item e (higher = keep); depends only on the request string and time."""
+    if policy == LRU:
+        k = last[e]
+    elif policy == LFU:
+        k = cnt[e] * _SHIFT + last[e]
+    elif policy == LOOKAHEAD:
+        c = win[e]
+        if mark[e] == t:
+            c -= 1  # already served at this token: not a request still to come
+        k = c * _SHIFT + last[e]
+    else:
+        k = _INF - nu[e]
+    if boost and mark[e] == t:
+        k += _BOOST
+    return k
+
+
+@njit(cache=True, inline="always")
+def _find(stack, m, e):
+    for i in range(m):
+        if stack[i] == e:
+            return i
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _win_add(X, row, layer, win, sign):
+    for j in range(X.shape[2]):
+        e = X[row, layer, j]
+        if e >= 0:
+            win[e] += sign
+
+
+@njit(cache=True, parallel=True)
+def stack_depths(X, offsets, chunks, n_items, policy, service, window):
+    """One pass of a stack (priority) algorithm: hit depths for every capacity at once.
+
+    Returns (hist[nL, n_items+1], requests[nL], distinct[nL, n_items+1]): hist[l, d] counts the
+    requests that hit in every cache of capacity >= d (d = 0: a miss at every capacity);
+    distinct[l, D] counts sequences with D distinct requested items (for warm start).
+    Under TOKEN and SIMULTANEOUS service a request's depth is taken before its token is served.
+    """
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_tasks = n_layers * n_chunks
+    hist = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
+    reqs = np.zeros(n_tasks, dtype=np.int64)
+    dist = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
+    max_len = 0
+    for s in range(len(offsets) - 1):
+        max_len = max(max_len, offsets[s + 1] - offsets[s])
+    boost = service == SIMULTANEOUS
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        stack = np.empty(n_items, dtype=np.int64)
+        last = np.zeros(n_items, dtype=np.int64)
+        cnt = np.zeros(n_items, dtype=np.int64)
+        win = np.zeros(n_items, dtype=np.int64)
+        mark = np.full(n_items, -1, dtype=np.int64)
+        nu = np.full(n_items, _INF, dtype=np.int64)
+        seen = np.full(n_items, -1, dtype=np.int64)
+        nxt = np.empty(max(1, max_len * kk), dtype=np.int64)
+        depth = np.empty(kk, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            a, b = offsets[s], offsets[s + 1]
+            T = b - a
+            if T == 0:
+                continue
+            for e in range(n_items):
+                last[e] = -1
+                cnt[e] = 0
+                win[e] = 0
+                mark[e] = -1
+                nu[e] = _INF
+                seen[e] = -1
+            if policy >= BELADY:  # next request index of every request (flattened t*K + j)
+                for i in range(T * kk - 1, -1, -1):
+                    e = X[a + i // kk, layer, i % kk]
+                    if e >= 0:
+                        nxt[i] = _INF if seen[e] < 0 else seen[e]
+                        seen[e] = i
+                for e in range(n_items):
+                    seen[e] = -1
+            m = 0
+            for t in range(T):
+                row = a + t
+                if policy == LOOKAHEAD:  # win = request counts over tokens t .. t+window-1
+                    if t == 0:
+                        for u in range(min(window, T)):
+                            _win_add(X, a + u, layer, win, 1)
+                    else:
+                        _win_add(X, row - 1, layer, win, -1)
+                        if t + window - 1 < T:
+                            _win_add(X, row + window - 1, layer, win, 1)
+                if service != STREAM:
+                    # hits are decided against the cache as it stood before the token
+                    for j in range(kk):
+                        e = X[row, layer, j]
+                        if e < 0:
+                            continue
+                        depth[j] = _find(stack, m, e)
+                    for j in range(kk):
+                        e = X[row, layer, j]
+                        if e < 0:
+                            continue
+                        reqs[task] += 1
+                        hist[task, depth[j] + 1] += 1
+                        mark[e] = t
+                        last[e] = t * kk + j
+                        cnt[e] += 1
+                        if policy >= BELADY:
+                            nu[e] = nxt[t * kk + j]
+                for j in range(kk):
+                    e = X[row, layer, j]
+                    if e < 0:
+                        continue
+                    d = _find(stack, m, e)
+                    if service == STREAM:
+                        reqs[task] += 1
+                        hist[task, d + 1] += 1
+                        mark[e] = t
+                        last[e] = t * kk + j
+                        cnt[e] += 1
+                        if policy >= BELADY:
+                            nu[e] = nxt[t * kk + j]
+                    if d == 0:
+                        continue
+                    if m == 0:
+                        stack[0] = e
+                        m = 1
+                        continue
+                    end = d if d >= 0 else m
+                    if policy == BYPASS:
+                        carry = e
+                        start = 0
+                    else:
+                        carry = stack[0]
+                        stack[0] = e
+                        start = 1
+                    kc = _key(carry, policy, boost, t, last, cnt, win, mark, nu)
+                    for i in range(start, end):
+                        y = stack[i]
+                        ky = _key(y, policy, boost, t, last, cnt, win, mark, nu)
+                        if ky < kc:  # y leaves the cache of size i+1; carry stays
+                            stack[i] = carry
+                            carry = y
+                            kc = ky
+                    if d >= 0:
+                        stack[d] = carry
+                    else:
+                        stack[m] = carry
+                        m += 1
+            dist[task, m] += 1
+    out_hist = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    out_reqs = np.zeros(n_layers, dtype=np.int64)
+    out_dist = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    for task in range(n_tasks):
+        layer = task // n_chunks
+        out_hist[layer] += hist[task]
+        out_reqs[layer] += reqs[task]
+        out_dist[layer] += dist[task]
+    return out_hist, out_reqs, out_dist
+
+
+@njit(cache=True, parallel=True)
+def fifo_hits(X, offsets, chunks, n_items, capacities, service):
+    """FIFO (not a stack algorithm: Belady's anomaly) simulated once per capacity.
+
+    Returns hits[nL, len(capacities)] under cold start. Under SIMULTANEOUS service the oldest
+    resident that the current token does not request is evicted.
+    """
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_caps = len(capacities)
+    n_tasks = n_layers * n_caps * n_chunks
+    hits = np.zeros(n_tasks, dtype=np.int64)
+    for task in prange(n_tasks):
+        layer = task // (n_caps * n_chunks)
+        ci = (task // n_chunks) % n_caps
+        ch = task % n_chunks
+        cap = capacities[ci]
+        resident = np.zeros(n_items, dtype=np.bool_)
+        mark = np.full(n_items, -1, dtype=np.int64)
+        q = np.empty(cap, dtype=np.int64)
+        h = 0
+        for s in range(chunks[ch], chunks[ch + 1]):
+            a, b = offsets[s], offsets[s + 1]
+            for e in range(n_items):
+                resident[e] = False
+                mark[e] = -1
+            h = 0
+            n = 0
+            for t in range(b - a):
+                row = a + t
+                if service != STREAM:
+                    for j in range(kk):
+                        e = X[row, layer, j]
+                        if e >= 0:
+                            mark[e] = t
+                            if resident[e]:
+                                hits[task] += 1
+                for j in range(kk):
+                    e = X[row, layer, j]
+                    if e < 0:
+                        continue
+                    if resident[e]:
+                        if service == STREAM:
+                            hits[task] += 1
+                        continue
+                    if n == cap:  # evict the oldest admissible resident
+                        skip = 0
+                        if service == SIMULTANEOUS:
+                            while skip < n - 1 and mark[q[(h + skip) % cap]] == t:
+                                skip += 1
+                        victim = q[(h + skip) % cap]
+                        for u in range(skip, 0, -1):
+                            q[(h + u) % cap] = q[(h + u - 1) % cap]
+                        h = (h + 1) % cap
+                        n -= 1
+                        resident[victim] = False
+                    q[(h + n) % cap] = e
+                    n += 1
+                    resident[e] = True
+    out = np.zeros((n_layers, n_caps), dtype=np.int64)
+    for task in range(n_tasks):
+        layer = task // (n_caps * n_chunks)
+        ci = (task // n_chunks) % n_caps
+        out[layer, ci] += hits[task]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def static_topc(X, offsets, chunks, n_items):
+    """Best static placement: topc[l, C] = sum over sequences of the C largest request counts."""
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_tasks = n_layers * n_chunks
+    acc = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        counts = np.zeros(n_items, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            counts[:] = 0
+            for row in range(offsets[s], offsets[s + 1]):
+                for j in range(kk):
+                    e = X[row, layer, j]
+                    if e >= 0:
+                        counts[e] += 1
+            srt = np.sort(counts)[::-1]
+            run = 0
+            for c in range(n_items):
+                run += srt[c]
+                acc[task, c + 1] += run
+    out = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    for task in range(n_tasks):
+        out[task // n_chunks] += acc[task]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _touch_pos(i, tau, a, last_a, S):
+    S[i] += a[i] * (tau - last_a[i])
+    last_a[i] = tau
+
+
+@njit(cache=True, inline="always")
+def _touch_val(v, tau, g, last_g, G):
+    G[v] += g[v] * (tau - last_g[v])
+    last_g[v] = tau
+
+
+@njit(cache=True, inline="always")
+def _window_update(X, row, layer, sign, tau, n, g, lo, a, last_a, last_g, S, G):
+    """Add (sign=+1) or remove (-1) one token's experts from the window, keeping the sorted
+    multiset of per-expert counts (a, descending; buckets g/lo) and lazy window sums."""
+    for j in range(X.shape[2]):
+        e = X[row, layer, j]
+        if e < 0:
+            continue
+        v = n[e]
+        if sign > 0:
+            i = lo[v]  # leftmost position holding v becomes v+1
+            _touch_pos(i, tau, a, last_a, S)
+            a[i] = v + 1
+            _touch_val(v, tau, g, last_g, G)
+            _touch_val(v + 1, tau, g, last_g, G)
+            if g[v + 1] == 0:
+                lo[v + 1] = i
+            g[v + 1] += 1
+            g[v] -= 1
+            lo[v] = i + 1
+            n[e] = v + 1
+        else:
+            i = lo[v] + g[v] - 1  # rightmost position holding v becomes v-1
+            _touch_pos(i, tau, a, last_a, S)
+            a[i] = v - 1
+            _touch_val(v, tau, g, last_g, G)
+            _touch_val(v - 1, tau, g, last_g, G)
+            g[v] -= 1
+            g[v - 1] += 1
+            lo[v - 1] = i
+            n[e] = v - 1
+
+
+@njit(cache=True, parallel=True)
+def window_stats(X, offsets, chunks, n_experts, seg):
+    """Sliding windows of `seg` tokens (stride 1) inside each sequence, O(k) work per token.
+
+    Returns (G[nL, seg+1], S[nL, E], W[nL]): G[l, v] = number of (window, expert) pairs whose
+    count n_{w,e} equals v; S[l, i] = sum over windows of the (i+1)-th largest n_{w,e};
+    W[l] = number of windows. SRP follows from G, the segment-oracle SCH from S.
+    """
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_tasks = n_layers * n_chunks
+    G = np.zeros((n_tasks, seg + 1), dtype=np.int64)
+    S = np.zeros((n_tasks, n_experts), dtype=np.int64)
+    W = np.zeros(n_tasks, dtype=np.int64)
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        n = np.zeros(n_experts, dtype=np.int64)
+        g = np.zeros(seg + 2, dtype=np.int64)
+        lo = np.zeros(seg + 2, dtype=np.int64)
+        last_g = np.zeros(seg + 2, dtype=np.int64)
+        a = np.zeros(n_experts, dtype=np.int64)
+        last_a = np.zeros(n_experts, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            start, stop = offsets[s], offsets[s + 1]
+            T = stop - start
+            if T < seg:
+                continue
+            n[:] = 0
+            g[:] = 0
+            lo[:] = 0
+            last_g[:] = 0
+            a[:] = 0
+            last_a[:] = 0
+            g[0] = n_experts
+            for u in range(seg):
+                _window_update(X, start + u, layer, 1, 0, n, g, lo, a, last_a, last_g, S[task], G[task])
+            nw = T - seg + 1
+            for w in range(1, nw):
+                _window_update(X, start + w - 1, layer, -1, w, n, g, lo, a, last_a, last_g, S[task], G[task])
+                _window_update(X, start + w + seg - 1, layer, 1, w, n, g, lo, a, last_a, last_g, S[task], G[task])
+            for i in range(n_experts):
+                _touch_pos(i, nw, a, last_a, S[task])
+            for v in range(seg + 1):
+                _touch_val(v, nw, g, last_g, G[task])
+            W[task] += nw
+    outG = np.zeros((n_layers, seg + 1), dtype=np.int64)
+    outS = np.zeros((n_layers, n_experts), dtype=np.int64)
+    outW = np.zeros(n_layers, dtype=np.int64)
+    for task in range(n_tasks):
+        layer = task // n_chunks
+        outG[layer] += G[task]
+        outS[layer] += S[task]
+        outW[layer] += W[task]
+    return outG, outS, outW
+
+
+@njit(cache=True)
+def step_requests(X, offsets, batch_size, n_items):
+    """Batch steps: sequences are grouped in batches of `batch_size` (in trace order) and a step
+    is one position across a batch's sequences; its requests are the union of their experts,
+    ordered by (rank, sequence). Returns (Xs[steps, nL, Kp] padded with -1, step offsets per batch).
+    """
+    n_rows, n_layers, kk = X.shape
+    n_seq = len(offsets) - 1
+    n_batches = (n_seq + batch_size - 1) // batch_size
+    kp = min(n_items, batch_size * kk)
+    boff = np.zeros(n_batches + 1, dtype=np.int64)
+    for bi in range(n_batches):
+        mx = 0
+        for s in range(bi * batch_size, min(n_seq, (bi + 1) * batch_size)):
+            mx = max(mx, offsets[s + 1] - offsets[s])
+        boff[bi + 1] = boff[bi] + mx
+    Xs = np.full((boff[-1], n_layers, kp), -1, dtype=np.int32)
+    mark = np.full(n_items, -1, dtype=np.int64)
+    stamp = 0
+    for bi in range(n_batches):
+        s0 = bi * batch_size
+        s1 = min(n_seq, (bi + 1) * batch_size)
+        for p in range(boff[bi + 1] - boff[bi]):
+            out_row = boff[bi] + p
+            for layer in range(n_layers):
+                stamp += 1
+                fill = 0
+                for j in range(kk):
+                    for s in range(s0, s1):
+                        if p < offsets[s + 1] - offsets[s]:
+                            e = X[offsets[s] + p, layer, j]
+                            if e >= 0 and mark[e] != stamp:
+                                mark[e] = stamp
+                                Xs[out_row, layer, fill] = e
+                                fill += 1
+    return Xs, boff
