@@ -364,39 +364,41 @@ def localize(
     rng = np.random.default_rng(seed)
     boot = _bootstrap(sets, paired, n_boot, rng, tick)
     alpha = (1.0 - ci) / 2.0
-    lo, hi = np.nanquantile(boot, [alpha, 1.0 - alpha], axis=0)
+    # np.quantile is vectorized; nanquantile loops per column, so use it only when needed.
+    quantile = np.nanquantile if np.isnan(boot).any() else np.quantile
+    lo, hi = quantile(boot, [alpha, 1.0 - alpha], axis=0)
     exceed = _permutation_exceed(sets, observed, paired, n_perm, rng, tick)
     p_value = (1.0 + exceed) / (1.0 + n_perm)
     q_value = benjamini_hochberg(p_value)
     m = n_layers * e
-    df = pl.DataFrame(
-        {
-            "layer": np.repeat(np.asarray(target.layers, dtype=np.int32), e),
-            "expert": np.tile(np.arange(e, dtype=np.int32), n_layers),
-            "n1": np.full(m, int(tn1), dtype=np.int64),
-            "n2": np.full(m, int(tn2), dtype=np.int64),
-            "a1": np.rint(ta1).astype(np.int64),
-            "a2": np.rint(ta2).astype(np.int64),
-            "p1": ta1 / tn1,
-            "p2": ta2 / tn2,
-            "rd": rd,
-            "w1": tw1 / tn1,
-            "w2": tw2 / tn2,
-            "wd": wd,
-            "score": observed,
-            "ci_low": lo,
-            "ci_high": hi,
-            "p_value": p_value,
-            "q_value": q_value,
-            "prompts1": np.full(m, len(n1), dtype=np.int64),
-            "prompts2": np.full(m, len(n2), dtype=np.int64),
-            "paired": np.full(m, paired),
-        }
-    )
-    df = df.sort(["score", "layer", "expert"], descending=[True, False, False])
-    return df.with_columns(pl.int_range(1, m + 1, dtype=pl.Int32).alias("rank")).select(
-        ["rank", *[c for c in df.columns]]
-    )
+    layer_col = np.repeat(np.asarray(target.layers, dtype=np.int32), e)
+    expert_col = np.tile(np.arange(e, dtype=np.int32), n_layers)
+    # Rank by score descending, ties by layer then expert (numpy: no polars sort per call).
+    order = np.lexsort((expert_col, layer_col, -observed))
+    cols = {
+        "rank": np.arange(1, m + 1, dtype=np.int32),
+        "layer": layer_col,
+        "expert": expert_col,
+        "n1": np.full(m, int(tn1), dtype=np.int64),
+        "n2": np.full(m, int(tn2), dtype=np.int64),
+        "a1": np.rint(ta1).astype(np.int64),
+        "a2": np.rint(ta2).astype(np.int64),
+        "p1": ta1 / tn1,
+        "p2": ta2 / tn2,
+        "rd": rd,
+        "w1": tw1 / tn1,
+        "w2": tw2 / tn2,
+        "wd": wd,
+        "score": observed,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_value": p_value,
+        "q_value": q_value,
+        "prompts1": np.full(m, len(n1), dtype=np.int64),
+        "prompts2": np.full(m, len(n2), dtype=np.int64),
+        "paired": np.full(m, paired),
+    }
+    return pl.DataFrame({k: (v if k == "rank" else v[order]) for k, v in cols.items()})
 
 
 def steering_spec_from_ranking(

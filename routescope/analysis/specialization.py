@@ -15,7 +15,7 @@ import polars as pl
 from routescope.errors import InvalidParameterError
 from routescope.store.trace import Trace
 
-_CHUNK = 131_072  # token rows per block in the matrix products below
+_CHUNK = 65_536  # token rows per block (bounds the k² pair keys per token)
 
 
 def _require_tokens(trace: Trace, what: str) -> None:
@@ -244,17 +244,17 @@ def expert_top_tokens(vocab: pl.DataFrame, top: int = 10, min_share: float = 0.0
 
 # ---- co-activation ---------------------------------------------------------------------------
 def _membership_gram(ex_a: np.ndarray, ex_b: np.ndarray, e: int) -> np.ndarray:
-    """int64[E, E]: number of tokens whose set A contains i and set B contains j (blockwise)."""
-    out = np.zeros((e, e), dtype=np.int64)
-    rows = np.arange(min(_CHUNK, len(ex_a)))[:, None]
+    """int64[E, E]: number of tokens whose set A contains i and set B contains j.
+
+    Every (slot of A, slot of B) pair of a token is one key i·E + j; experts within a set are
+    distinct, so counting keys counts tokens. Blockwise to bound the k² keys per token.
+    """
+    out = np.zeros(e * e, dtype=np.int64)
     for start in range(0, len(ex_a), _CHUNK):
         a, b = ex_a[start : start + _CHUNK], ex_b[start : start + _CHUNK]
-        ma = np.zeros((len(a), e), dtype=np.float32)
-        mb = np.zeros((len(b), e), dtype=np.float32)
-        ma[rows[: len(a)], a] = 1.0
-        mb[rows[: len(b)], b] = 1.0
-        out += np.rint(ma.T @ mb).astype(np.int64)  # block counts ≤ _CHUNK < 2**24: exact
-    return out
+        keys = a[:, :, None] * e + b[:, None, :]
+        out += np.bincount(keys.ravel(), minlength=e * e)
+    return out.reshape(e, e)
 
 
 def _pair_frame(gram: np.ndarray, n_i: np.ndarray, layer: int, layer_b: int | None) -> pl.DataFrame:
