@@ -1,0 +1,274 @@
+"""The collection engine: run a batch of token sequences through an MoE model and record its routing.
+
+Every forward is an nnsight trace over the wrapped HF model that reads each router module's
+``.output`` (``(logits, weights, indices)`` over the flattened ``batch*seq`` tokens). Sequences are
+left-padded with explicit position ids, so pads are never recorded and positions count only real
+tokens. With ``max_new_tokens > 0`` the engine decodes greedily (or samples) with a KV cache, one
+traced forward per step; every generated token is fed back through the model, so each one has its
+routing recorded (phase 1). A sequence stops after it emits EOS. All recorded tensors stay on the
+device until the batch is done and are moved to the host once per batch.
+
+``steering`` (optional) is a ``RouterEdit``: called inside the trace for every MoE layer with the
+router's output; if it returns new ``(weights, indices)`` the model uses them, and the recorded
+routing is the edited one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from routescope.collect.records import BatchRouting
+from routescope.errors import InvalidParameterError
+from routescope.models.loading import LoadedModel
+
+__all__ = ["GENERATION_OPTIONS", "RouterEdit", "collect_batch"]
+
+GENERATION_OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "eos_token_id", "seed")
+
+
+class RouterEdit(Protocol):
+    """An intervention on one router's decision, applied inside the traced forward.
+
+    Called with the router's raw ``logits`` ``(tokens, E)`` and its ``weights``/``indices``
+    ``(tokens, k)`` for MoE layer ``layer``; returns replacement ``(weights, indices)`` (the family's
+    routing can be recomputed with ``lm.adapter.route(logits, router, mask=..., force=...)``), or
+    None to leave the layer unchanged.
+    """
+
+    def __call__(
+        self,
+        lm: LoadedModel,
+        layer: int,
+        logits: torch.Tensor,
+        weights: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+
+def _check_inputs(lm: LoadedModel, input_ids: list[list[int]], max_new_tokens: int) -> None:
+    if not input_ids:
+        raise InvalidParameterError("collect_batch got an empty batch: pass at least one sequence")
+    vocab = int(lm.model.config.vocab_size)
+    for b, seq in enumerate(input_ids):
+        if len(seq) == 0:
+            raise InvalidParameterError(f"sequence {b} of the batch is empty: drop empty prompts")
+        lo, hi = min(seq), max(seq)
+        if lo < 0 or hi >= vocab:
+            raise InvalidParameterError(
+                f"sequence {b} has token id {lo if lo < 0 else hi} outside the model's vocabulary "
+                f"(0..{vocab - 1}): tokenize with this model's tokenizer"
+            )
+    if max_new_tokens < 0:
+        raise InvalidParameterError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+
+def _generation_options(lm: LoadedModel, generation: dict | None) -> dict[str, Any]:
+    opts = dict(generation or {})
+    unknown = sorted(set(opts) - set(GENERATION_OPTIONS))
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown generation option(s) {', '.join(unknown)}: "
+            f"supported are {', '.join(GENERATION_OPTIONS)}"
+        )
+    eos = opts.get("eos_token_id", getattr(lm.model.generation_config, "eos_token_id", None))
+    if eos is None:
+        eos = lm.model.config.eos_token_id
+    if eos is None:
+        eos = []
+    opts["eos_token_id"] = [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])]
+    return opts
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    for candidate in (
+        lm.model.config.pad_token_id,
+        getattr(lm.tokenizer, "pad_token_id", None),
+        lm.model.config.eos_token_id,
+    ):
+        if isinstance(candidate, list | tuple):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _next_tokens(
+    logits: torch.Tensor, opts: dict[str, Any], generator: torch.Generator | None
+) -> torch.Tensor:
+    """Greedy argmax, or a sample under temperature / top-k / top-p when ``do_sample``."""
+    logits = logits.float()
+    if not opts.get("do_sample", False):
+        return logits.argmax(dim=-1)
+    temperature = float(opts.get("temperature", 1.0))
+    if temperature <= 0:
+        raise InvalidParameterError(f"temperature must be > 0, got {temperature}")
+    logits = logits / temperature
+    top_k = opts.get("top_k")
+    if top_k:
+        kth = torch.topk(logits, min(int(top_k), logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_p = opts.get("top_p")
+    if top_p is not None and float(top_p) < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= float(top_p)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _traced_forward(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+    use_cache: bool,
+    steering: RouterEdit | None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
+    """One traced forward; returns each MoE layer's router output and the model output."""
+    wrapper = lm.nnsight
+    envoys = lm.router_envoys
+    layers = lm.moe_layers
+    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "use_cache": use_cache,
+        "logits_to_keep": 1,
+    }
+    if cache is not None:
+        kwargs["past_key_values"] = cache
+    with wrapper.trace(**kwargs):
+        for layer, envoy in zip(layers, envoys, strict=True):
+            out = envoy.output
+            if steering is not None:
+                edited = steering(lm, layer, out[0], out[1], out[2])
+                if edited is not None:
+                    out = (out[0], edited[0].to(out[1].dtype), edited[1])
+                    envoy.output = out
+            captured.append(out)
+        model_out = wrapper.output.save()
+    return captured, model_out
+
+
+def _stack_step(
+    lm: LoadedModel,
+    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    batch: int,
+    save_probs: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Router outputs of one forward -> experts (B,T,L,k), weights (B,T,L,k), probs (B,T,L,E)."""
+    adapter = lm.adapter
+    routers = lm.router_modules()
+    ws, idxs, probs = [], [], []
+    for (logits, weights, indices), router in zip(captured, routers, strict=True):
+        weights, indices = adapter.rank_order(logits, weights, indices, router)
+        ws.append(weights.float())
+        idxs.append(indices)
+        if save_probs:
+            probs.append(adapter.full_probs(logits, router))
+    weights = torch.stack(ws, dim=1)
+    experts = torch.stack(idxs, dim=1).to(torch.int16)
+    shape = (batch, -1, *weights.shape[1:])
+    full = None
+    if save_probs:
+        stacked = torch.stack(probs, dim=1)
+        full = stacked.reshape(batch, -1, *stacked.shape[1:])
+    return experts.reshape(shape), weights.reshape(shape), full
+
+
+@torch.no_grad()
+def collect_batch(
+    lm: LoadedModel,
+    input_ids: list[list[int]],
+    max_new_tokens: int = 0,
+    save_probs: bool = False,
+    steering: RouterEdit | None = None,
+    generation: dict | None = None,
+) -> BatchRouting:
+    """Record the routing of a batch of token sequences (and of up to ``max_new_tokens`` generated
+    tokens per sequence) at every MoE layer of ``lm``.
+
+    ``generation``: ``do_sample`` (default greedy), ``temperature``, ``top_k``, ``top_p``, ``seed``,
+    ``eos_token_id`` (defaults to the model's). Rows come out grouped by sequence in input order.
+    """
+    _check_inputs(lm, input_ids, max_new_tokens)
+    opts = _generation_options(lm, generation) if max_new_tokens > 0 else {}
+    device = lm.model.device
+    batch = len(input_ids)
+    lengths = torch.tensor([len(s) for s in input_ids])
+    width = int(lengths.max())
+    pad = _pad_id(lm)
+
+    ids = torch.full((batch, width), pad, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for b, seq in enumerate(input_ids):
+        ids[b, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[b, width - len(seq) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+    generating = max_new_tokens > 0
+    captured, out = _traced_forward(lm, ids, mask, positions, None, generating, steering)
+    experts_parts, weights_parts, probs_parts = [], [], []
+    e, w, p = _stack_step(lm, captured, batch, save_probs)
+    experts_parts.append(e)
+    weights_parts.append(w)
+    probs_parts.append(p)
+    token_parts = [ids]
+    record_parts = [mask.bool()]
+
+    if generating:
+        generator = None
+        if opts.get("seed") is not None:
+            generator = torch.Generator(device=device).manual_seed(int(opts["seed"]))
+        eos = torch.tensor(opts["eos_token_id"], dtype=torch.long, device=device)
+        alive = torch.ones(batch, dtype=torch.bool, device=device)
+        last_pos = positions[:, -1:]
+        cache = out.past_key_values
+        for _ in range(max_new_tokens):
+            nxt = _next_tokens(out.logits[:, -1, :], opts, generator)
+            nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
+            token_parts.append(nxt[:, None])
+            record_parts.append(alive[:, None].clone())
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], 1)
+            last_pos = last_pos + 1
+            captured, out = _traced_forward(lm, nxt[:, None], mask, last_pos, cache, True, steering)
+            cache = out.past_key_values
+            e, w, p = _stack_step(lm, captured, batch, save_probs)
+            experts_parts.append(e)
+            weights_parts.append(w)
+            probs_parts.append(p)
+            if eos.numel():
+                alive = alive & ~torch.isin(nxt, eos)
+            if not bool(alive.any()):
+                break
+
+    record = torch.cat(record_parts, dim=1)  # (B, T_total) bool
+    tokens = torch.cat(token_parts, dim=1)
+    phase = torch.zeros_like(tokens, dtype=torch.uint8)
+    phase[:, width:] = 1
+    pos = record.long().cumsum(dim=1) - 1
+    experts = torch.cat(experts_parts, dim=1)[record]
+    weights = torch.cat(weights_parts, dim=1)[record]
+    probs = torch.cat(probs_parts, dim=1)[record] if save_probs else None
+    counts = record.sum(dim=1)
+
+    # one host transfer per array for the whole batch
+    seq_offsets = np.zeros(batch + 1, dtype=np.int64)
+    seq_offsets[1:] = np.cumsum(counts.cpu().numpy())
+    return BatchRouting(
+        seq_offsets=seq_offsets,
+        token_ids=tokens[record].cpu().numpy().astype(np.int64),
+        positions=pos[record].cpu().numpy().astype(np.int32),
+        phase=phase[record].cpu().numpy(),
+        experts=experts.cpu().numpy(),
+        weights=weights.cpu().numpy(),
+        probs=None if probs is None else probs.cpu().numpy().astype(np.float32),
+    )

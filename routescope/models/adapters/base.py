@@ -1,0 +1,197 @@
+"""The adapter contract: everything routescope needs to know about one MoE architecture family.
+
+An adapter is the only place that knows a family's module names and its routing function. It answers,
+per decoder layer, whether the layer is MoE and where its router module lives, and it re-implements the
+router's selection as a pure torch function over the router's raw logits, so that the steering module
+can re-run routing with an expert masked out or forced in.
+
+Conventions shared by every adapter:
+- "logits" are the router's raw pre-selection scores, ``router_output[0]``, shape ``(tokens, E)``.
+- ``route`` returns ``(weights, indices)`` of shape ``(tokens, k)`` in rank order (rank 0 = highest
+  selection score), the weights being exactly the gate weights the model multiplies expert outputs by.
+- ``full_probs`` returns the full router distribution ``(tokens, E)`` as float32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+def _expand_expert_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Broadcast a bool mask given as ``(E,)`` or ``(tokens, E)`` to ``like``'s shape."""
+    if mask is None:
+        return None
+    mask = mask.to(device=like.device, dtype=torch.bool)
+    return mask.expand_as(like)
+
+
+class MoEAdapter(ABC):
+    """Knows one family's layout (router module per layer) and routing function.
+
+    Subclasses set ``family`` (the transformers ``model_type``), ``router_attr`` (the router's path
+    inside a decoder layer) and implement ``is_moe_layer``, ``selection_scores`` and ``gate_weights``.
+    """
+
+    family: ClassVar[str]
+    router_attr: ClassVar[str]
+    layers_path: ClassVar[str] = "model.layers"
+    #: what ``full_probs`` returns: "softmax" (rows sum to 1) or "sigmoid" (independent scores)
+    probs_kind: ClassVar[str] = "softmax"
+    #: whether the router already returns its top-k in rank order (torch.topk(sorted=True))
+    output_sorted: ClassVar[bool] = True
+    #: one line saying what the recorded weights are for this family
+    weights_doc: ClassVar[str] = ""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    # ---- layout -------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @abstractmethod
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` has a router (dense layers have none)."""
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [i for i in range(self.num_layers) if self.is_moe_layer(i)]
+
+    def router_path(self, layer: int) -> str:
+        """Dotted path of layer ``layer``'s router module from the CausalLM root."""
+        if not self.is_moe_layer(layer):
+            raise ValueError(f"layer {layer} of this {self.family} model is dense (no router)")
+        return f"{self.layers_path}.{layer}.{self.router_attr}"
+
+    def router_module(self, model: nn.Module, layer: int) -> nn.Module:
+        return model.get_submodule(self.router_path(layer))
+
+    @property
+    @abstractmethod
+    def num_experts(self) -> int:
+        """Routed experts per MoE layer (E); shared experts not counted."""
+
+    @property
+    def top_k(self) -> int:
+        return int(self.config.num_experts_per_tok)
+
+    @property
+    def num_shared_experts(self) -> int:
+        return 0
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        """Whether the k gate weights are renormalized to sum to 1 (before any scaling)."""
+        return bool(getattr(self.config, "norm_topk_prob", False))
+
+    # ---- routing ------------------------------------------------------------------------------
+    @abstractmethod
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The scores top-k ranks over, ``(tokens, E)`` float; masked experts get -inf.
+
+        The mask is applied where the family would have to apply it to remove the expert before
+        selection (e.g. before group selection in DeepSeek-V3).
+        """
+
+    @abstractmethod
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Gate weights the model would use for the chosen ``indices`` (tokens, k)."""
+
+    def route(
+        self,
+        logits: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+        force: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The family's routing from raw router logits: ``(weights, indices)`` in rank order.
+
+        ``mask`` (bool ``(E,)`` or ``(tokens, E)``) removes experts before top-k, so the next best
+        fill their slots; ``force`` puts experts into every token's top-k (ranked first) while the
+        other experts keep their relative order. With neither, this equals the router's own output.
+        """
+        scores = self.selection_scores(logits, router, mask)
+        force = _expand_expert_mask(force, scores)
+        if force is not None:
+            scores = scores.masked_fill(force, float("inf"))
+        indices = torch.topk(scores, self.top_k, dim=-1, sorted=True).indices
+        return self.gate_weights(logits, indices, router, mask), indices
+
+    def rank_order(
+        self, logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, router: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reorder a router's ``(weights, indices)`` output into rank order (no-op when sorted)."""
+        if self.output_sorted:
+            return weights, indices
+        key = self.selection_scores(logits, router).gather(-1, indices)
+        order = torch.argsort(key, dim=-1, descending=True, stable=True)
+        return weights.gather(-1, order), indices.gather(-1, order)
+
+    def full_probs(self, logits: torch.Tensor, router: nn.Module) -> torch.Tensor:
+        """Softmax over all E router logits, float32 (see ``probs_kind``)."""
+        return torch.softmax(logits.float(), dim=-1)
+
+
+class SoftmaxTopKAdapter(MoEAdapter):
+    """softmax over E -> top-k -> optional renormalization (OLMoE, Mixtral, Qwen-MoE)."""
+
+    weights_doc = (
+        "softmax probabilities of the top-k experts, renormalized to sum 1 if norm_topk_prob"
+    )
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        probs = torch.softmax(logits.float(), dim=-1)
+        mask = _expand_expert_mask(mask, probs)
+        return probs if mask is None else probs.masked_fill(mask, float("-inf"))
+
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        weights = torch.softmax(logits.float(), dim=-1).gather(-1, indices)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights
+
+
+class TopKSoftmaxAdapter(MoEAdapter):
+    """top-k on raw logits -> softmax over the k chosen logits (GPT-OSS, GraniteMoE)."""
+
+    weights_doc = "softmax over the k selected raw logits (they sum to 1)"
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        return True
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = _expand_expert_mask(mask, logits)
+        return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return torch.softmax(logits.gather(-1, indices), dim=-1)

@@ -1,0 +1,64 @@
+"""DeepSeek-V2 (model_type ``deepseek_v2``): router ``mlp.gate``, shared experts, dense first layers.
+
+Layers below ``first_k_dense_replace`` are dense. Routing (DeepseekV2TopkRouter): softmax over E;
+``topk_method="greedy"``: top-k of the probabilities; ``"group_limited_greedy"``: keep the
+``topk_group`` groups with the highest max probability (others zeroed), then top-k. The router's
+top-k is unsorted; routescope reorders it by probability. Recorded weights are the selected
+probabilities times ``routed_scaling_factor`` (no renormalization in this implementation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+
+
+class DeepseekV2Adapter(MoEAdapter):
+    family = "deepseek_v2"
+    router_attr = "mlp.gate"
+    output_sorted = False
+    weights_doc = "selected softmax probabilities times routed_scaling_factor"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return int(self.config.first_k_dense_replace) <= layer < self.num_layers
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.config.n_routed_experts)
+
+    @property
+    def num_shared_experts(self) -> int:
+        return int(self.config.n_shared_experts or 0)
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        return False
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        scores = torch.softmax(logits.float(), dim=-1)
+        mask = _expand_expert_mask(mask, scores)
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        if self.config.topk_method == "group_limited_greedy":
+            n_group = int(self.config.n_group)
+            grouped = scores.view(-1, n_group, self.num_experts // n_group)
+            group_scores = grouped.max(dim=-1).values
+            keep = torch.topk(group_scores, k=int(self.config.topk_group), dim=-1).indices
+            group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+            expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(scores)
+            scores = scores.masked_fill(~expert_mask, 0.0)
+        return scores
+
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        probs = torch.softmax(logits.float(), dim=-1).gather(-1, indices)
+        return probs * float(self.config.routed_scaling_factor)

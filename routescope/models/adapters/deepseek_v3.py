@@ -1,0 +1,67 @@
+"""DeepSeek-V3 (model_type ``deepseek_v3``): sigmoid routing with a selection-only bias.
+
+Layers below ``first_k_dense_replace`` are dense. Router ``mlp.gate`` (DeepseekV3TopkRouter):
+scores = sigmoid(logits); selection ranks ``scores + e_score_correction_bias`` restricted to the
+``topk_group`` groups whose two best biased scores sum highest; the weights are the unbiased
+``scores`` of the chosen experts, renormalized when ``norm_topk_prob`` and then multiplied by
+``routed_scaling_factor`` (exactly what the experts are weighted by). Rank order is by the biased
+selection score. ``full_probs`` returns the sigmoid scores (each in (0, 1); rows do not sum to 1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+
+
+class DeepseekV3Adapter(MoEAdapter):
+    family = "deepseek_v3"
+    router_attr = "mlp.gate"
+    output_sorted = False
+    probs_kind = "sigmoid"
+    weights_doc = "sigmoid scores of the chosen experts, renormalized if norm_topk_prob, times routed_scaling_factor"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return int(self.config.first_k_dense_replace) <= layer < self.num_layers
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.config.n_routed_experts)
+
+    @property
+    def num_shared_experts(self) -> int:
+        return int(self.config.n_shared_experts or 0)
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        scores = torch.sigmoid(logits.float())
+        choice = scores + router.e_score_correction_bias.float()
+        mask = _expand_expert_mask(mask, choice)
+        if mask is not None:
+            choice = choice.masked_fill(mask, float("-inf"))
+        n_group = int(self.config.n_group)
+        grouped = choice.view(-1, n_group, self.num_experts // n_group)
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        keep = torch.topk(group_scores, k=int(self.config.topk_group), dim=-1).indices
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+        expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
+        return choice.masked_fill(~expert_mask, float("-inf"))
+
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        weights = torch.sigmoid(logits.float()).gather(-1, indices)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * float(self.config.routed_scaling_factor)
+
+    def full_probs(self, logits: torch.Tensor, router: nn.Module) -> torch.Tensor:
+        """Sigmoid scores over all E experts (not a distribution: rows do not sum to 1)."""
+        return torch.sigmoid(logits.float())

@@ -1,0 +1,67 @@
+"""PhiMoE (model_type ``phimoe``): every layer MoE, router ``mlp.router``, top-2 "sparsemixer".
+
+Eval-mode routing: expert 1 is the argmax logit, its weight the softmax over the logits within a
+relative distance ``2 * router_jitter_noise`` of it; expert 2 is the argmax of the rest, its weight
+the softmax over the remaining logits within that distance of it. The two weights do not sum to 1
+(no renormalization). Always top-2. ``full_probs`` is the softmax over all E logits, which the model
+itself never computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+
+
+def _sparse_weight(scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor, eps: float):
+    """Softmax weight of ``chosen`` among ``scores`` within relative distance 2*eps of ``ref``."""
+    threshold = ref.gather(-1, chosen)
+    factor = ref.abs().clamp(min=threshold)
+    far = ((threshold - ref) / factor) > (2 * eps)
+    return torch.softmax(scores.masked_fill(far, float("-inf")), dim=-1).gather(-1, chosen)
+
+
+class PhimoeAdapter(MoEAdapter):
+    family = "phimoe"
+    router_attr = "mlp.router"
+    weights_doc = (
+        "sparsemixer multipliers: per-rank softmax over near-top logits (no renormalization)"
+    )
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return 0 <= layer < self.num_layers
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.config.num_local_experts)
+
+    @property
+    def top_k(self) -> int:
+        return 2
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        return False
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = _expand_expert_mask(mask, logits)
+        return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        eps = float(self.config.router_jitter_noise)
+        scores = self.selection_scores(logits, router, mask)
+        first, second = indices[:, :1], indices[:, 1:2]
+        w1 = _sparse_weight(scores, first, logits, eps)
+        rest = scores.scatter(-1, first, float("-inf"))
+        w2 = _sparse_weight(rest, second, logits, eps)
+        return torch.cat([w1, w2], dim=-1)

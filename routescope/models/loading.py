@@ -1,0 +1,175 @@
+"""Loading an MoE model (hub id or local path) with its tokenizer and family adapter.
+
+``LoadedModel`` is what the collection engine, the steering module and the CLI pass around: the HF
+model in eval mode, its tokenizer, the adapter that knows its routers, and a cached nnsight wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from routescope.errors import RoutescopeError
+from routescope.models.adapters import SUPPORTED_FAMILIES, MoEAdapter, adapter_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["SUPPORTED_FAMILIES", "LoadedModel", "ModelLoadError", "adapter_for", "load_model"]
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ModelLoadError(RoutescopeError):
+    """The model path or hub id could not be loaded."""
+
+
+@dataclass
+class LoadedModel:
+    """An MoE causal LM ready for collection: model (eval mode), tokenizer, adapter, provenance."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    adapter: MoEAdapter
+    model_id: str
+    revision: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    _nnsight: Any = field(default=None, init=False, repr=False, compare=False)
+    _router_envoys: list[Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        model_id: str = "in-memory",
+    ) -> LoadedModel:
+        """Wrap an already-built HF model (e.g. from a config in tests); picks the adapter."""
+        adapter = adapter_for(model.config)
+        model.eval()
+        param = next(model.parameters())
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            adapter=adapter,
+            model_id=model_id,
+            revision=None,
+            dtype=str(param.dtype).removeprefix("torch."),
+            device=str(param.device),
+        )
+
+    # ---- what the store's `runs` row needs -------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return self.adapter.moe_layers
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    @property
+    def num_experts(self) -> int:
+        return self.adapter.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.adapter.top_k
+
+    @property
+    def num_shared_experts(self) -> int:
+        return self.adapter.num_shared_experts
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        return self.adapter.norm_topk_prob
+
+    # ---- tracing -------------------------------------------------------------------------------
+    @property
+    def nnsight(self) -> Any:
+        """The nnsight wrapper of ``model``, built once."""
+        if self._nnsight is None:
+            from nnsight import NNsight
+
+            self._nnsight = NNsight(self.model)
+        return self._nnsight
+
+    @property
+    def router_envoys(self) -> list[Any]:
+        """nnsight envoys of the router modules, one per MoE layer in ``moe_layers`` order."""
+        if self._router_envoys is None:
+            wrapper = self.nnsight
+            self._router_envoys = [
+                wrapper.get(self.adapter.router_path(i)) for i in self.moe_layers
+            ]
+        return self._router_envoys
+
+    def router_modules(self) -> list[Any]:
+        """The router torch modules, one per MoE layer in ``moe_layers`` order."""
+        return [self.adapter.router_module(self.model, i) for i in self.moe_layers]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_model(
+    model: str,
+    dtype: str = "auto",
+    device: str = "cpu",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a hub id or local directory as a ``LoadedModel``; fails fast on unsupported families.
+
+    The config is read first, so an unsupported or dense model is rejected before any weights load.
+    """
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
+    if os.path.exists(model) and not os.path.isfile(os.path.join(model, "config.json")):
+        raise ModelLoadError(
+            f"{model!r} is not a model directory (no config.json): pass a directory saved with "
+            "save_pretrained, or a hub id"
+        )
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {model!r} ({_first_line(exc)}): pass a local model directory, or a "
+            "hub id with network access"
+        ) from exc
+    adapter_for(config)  # unsupported family -> one clear line before weights load
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        "dtype": "auto" if dtype == "auto" else getattr(torch, dtype),
+    }
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load weights of {model!r}: {_first_line(exc)}") from exc
+    if device_map is None:
+        hf_model = hf_model.to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    lm = LoadedModel.from_model(hf_model, tokenizer, model_id=model)
+    lm.revision = revision
+    return lm

@@ -1,0 +1,425 @@
+"""Every supported family: the engine's recorded routing equals an independent capture.
+
+The reference is a plain forward of each sequence alone (no padding, no nnsight) with ordinary torch
+forward hooks on the router modules, whose paths are written below independently of the
+adapters; its top-k pairs are put in rank order by the family's selection score computed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from routescope.collect.engine import collect_batch
+from routescope.errors import InvalidParameterError, UnsupportedModelError
+from routescope.models import SUPPORTED_FAMILIES, LoadedModel, ModelLoadError, load_model
+
+# ---- tiny models of every family ---------------------------------------------------------
+
+VOCAB = 96
+PAD, BOS, EOS = 0, 1, 2
+
+_COMMON: dict[str, Any] = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "pad_token_id": PAD,
+    "bos_token_id": BOS,
+    "eos_token_id": EOS,
+    "tie_word_embeddings": False,
+}
+
+#: family -> (config overrides, expected MoE layers)
+TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
+    "olmoe": ({"num_experts": 8, "num_experts_per_tok": 2}, [0, 1, 2]),
+    "mixtral": ({"num_local_experts": 6, "num_experts_per_tok": 2}, [0, 1, 2]),
+    "qwen2_moe": (
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 32,
+            "mlp_only_layers": [1],
+            "norm_topk_prob": True,
+        },
+        [0, 2],
+    ),
+    "qwen3_moe": (
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "head_dim": 8,
+            "decoder_sparse_step": 1,
+        },
+        [0, 1, 2],
+    ),
+    "deepseek_v2": (
+        {
+            "num_key_value_heads": 4,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 16,
+            "first_k_dense_replace": 1,
+            "kv_lora_rank": 16,
+            "q_lora_rank": None,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 8,
+            "topk_method": "group_limited_greedy",
+            "n_group": 4,
+            "topk_group": 2,
+            "routed_scaling_factor": 1.5,
+        },
+        [1, 2],
+    ),
+    "deepseek_v3": (
+        {
+            "num_key_value_heads": 4,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 16,
+            "first_k_dense_replace": 1,
+            "kv_lora_rank": 16,
+            "q_lora_rank": 16,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 8,
+            "n_group": 4,
+            "topk_group": 2,
+            "norm_topk_prob": True,
+            "routed_scaling_factor": 2.5,
+        },
+        [1, 2],
+    ),
+    "gpt_oss": (
+        {"num_local_experts": 8, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 4},
+        [0, 1, 2],
+    ),
+    "granitemoe": ({"num_local_experts": 6, "num_experts_per_tok": 2}, [0, 1, 2]),
+    "phimoe": ({"num_local_experts": 4, "num_experts_per_tok": 2}, [0, 1, 2]),
+}
+
+FAMILIES = list(TINY_CONFIGS)
+
+#: where each family's router lives in a decoder layer, written here independently of the adapters
+ROUTER_ATTR: dict[str, str] = {
+    "olmoe": "mlp.gate",
+    "mixtral": "mlp.gate",
+    "qwen2_moe": "mlp.gate",
+    "qwen3_moe": "mlp.gate",
+    "deepseek_v2": "mlp.gate",
+    "deepseek_v3": "mlp.gate",
+    "gpt_oss": "mlp.router",
+    "granitemoe": "block_sparse_moe.router",
+    "phimoe": "mlp.router",
+}
+
+
+def build_tiny(family: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A tiny random causal LM of ``family`` in eval mode (deterministic for a seed)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = {**_COMMON, **TINY_CONFIGS[family][0], **overrides}
+    cfg = AutoConfig.for_model(family, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        # randomize router parameters (some families initialise them to zero) and DeepSeek-V3's
+        # selection bias, so routing is non-trivial and the bias matters
+        for name, param in model.named_parameters():
+            if "router" in name or name.endswith("mlp.gate.weight"):
+                param.normal_(0.0, 1.0)
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(torch.randn_like(buf) * 0.3)
+    return model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+PROMPTS = [
+    [BOS, 17, 33, 5, 60, 71, 8, 44, 90],
+    [BOS, 25, 9],
+    [BOS, 50, 51, 52, 53, 3],
+]
+
+
+@dataclass
+class Reference:
+    experts: np.ndarray  # (T, L, k) rank order
+    weights: np.ndarray  # (T, L, k)
+    logits: np.ndarray  # (T, L, E) raw router logits
+    lm_logits: np.ndarray  # (T, V)
+
+
+def reference_capture(model: torch.nn.Module, family: str, seq: list[int]) -> Reference:
+    """Run ``seq`` alone through the plain HF model, capturing router outputs with torch hooks."""
+    layers = TINY_CONFIGS[family][1]
+    captured: dict[int, tuple] = {}
+    handles = []
+    for layer in layers:
+        module = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
+
+        def hook(mod, args, out, layer=layer):
+            captured[layer] = (mod, out[0].detach(), out[1].detach(), out[2].detach())
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            lm_logits = model(torch.tensor([seq])).logits[0]
+    finally:
+        for h in handles:
+            h.remove()
+    experts, weights, logits = [], [], []
+    for layer in layers:
+        mod, lg, w, idx = captured[layer]
+        lg = lg.float()
+        if family == "deepseek_v3":
+            key = torch.sigmoid(lg) + mod.e_score_correction_bias.float()
+        else:  # softmax, top-k-then-softmax and sparsemixer all rank by the raw logit
+            key = lg
+        order = torch.argsort(key.gather(1, idx), dim=1, descending=True)
+        experts.append(idx.gather(1, order))
+        weights.append(w.float().gather(1, order))
+        logits.append(lg)
+    return Reference(
+        experts=torch.stack(experts, 1).numpy(),
+        weights=torch.stack(weights, 1).numpy(),
+        logits=torch.stack(logits, 1).numpy(),
+        lm_logits=lm_logits.float().numpy(),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(family: str) -> tuple[str, torch.nn.Module, LoadedModel]:
+    model = build_tiny(family)
+    return family, model, LoadedModel.from_model(model, model_id=f"tiny-{family}")
+
+
+def check_rows_match(rec, b: int, ref: Reference, n: int) -> None:
+    """Rows of sequence ``b`` in ``rec`` equal the first ``n`` reference tokens exactly."""
+    rows = rec.sequence(b)
+    assert rows.stop - rows.start == n
+    np.testing.assert_array_equal(rec.experts[rows].astype(np.int64), ref.experts[:n])
+    np.testing.assert_allclose(rec.weights[rows], ref.weights[:n], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(rec.positions[rows], np.arange(n))
+
+
+def test_layout_and_metadata(tiny) -> None:
+    family, model, lm = tiny
+    assert family in SUPPORTED_FAMILIES
+    assert lm.family == family
+    assert lm.moe_layers == TINY_CONFIGS[family][1]
+    assert lm.num_layers == 3
+    assert lm.top_k == 2
+    layer = lm.moe_layers[0]
+    router = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
+    assert lm.num_experts == router.num_experts
+    assert lm.router_modules()[0] is router
+    expected_shared = {"qwen2_moe": 1, "deepseek_v2": 1, "deepseek_v3": 1}.get(family, 0)
+    assert lm.num_shared_experts == expected_shared
+
+
+def test_route_function_reproduces_router(tiny) -> None:
+    """adapter.route on the raw logits gives the router's own choice and weights, in rank order."""
+    family, model, lm = tiny
+    ref = reference_capture(model, family, PROMPTS[0])
+    for j, router in enumerate(lm.router_modules()):
+        weights, indices = lm.adapter.route(torch.from_numpy(ref.logits[:, j]), router)
+        np.testing.assert_array_equal(indices.numpy(), ref.experts[:, j])
+        np.testing.assert_allclose(weights.float().numpy(), ref.weights[:, j], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [[0], [0, 1, 2]], ids=["single", "mixed-lengths"])
+def test_prefill_matches_independent_capture(tiny, which: list[int]) -> None:
+    family, model, lm = tiny
+    seqs = [PROMPTS[i] for i in which]
+    rec = collect_batch(lm, seqs)
+    n_layers, k = len(TINY_CONFIGS[family][1]), 2
+    assert rec.experts.shape == (sum(map(len, seqs)), n_layers, k)
+    assert rec.experts.dtype == np.int16 and rec.weights.dtype == np.float32
+    assert rec.probs is None
+    assert not rec.phase.any()
+    for b, seq in enumerate(seqs):
+        ref = reference_capture(model, family, seq)
+        check_rows_match(rec, b, ref, len(seq))
+        np.testing.assert_array_equal(rec.token_ids[rec.sequence(b)], seq)
+
+
+def test_generation_matches_forward_over_generated_sequence(tiny) -> None:
+    family, model, lm = tiny
+    new = 3
+    rec = collect_batch(lm, PROMPTS, max_new_tokens=new, generation={"eos_token_id": []})
+    for b, prompt in enumerate(PROMPTS):
+        rows = rec.sequence(b)
+        tokens = rec.token_ids[rows].tolist()
+        assert tokens[: len(prompt)] == prompt
+        assert len(tokens) == len(prompt) + new  # every generated token has routing
+        np.testing.assert_array_equal(rec.phase[rows], [0] * len(prompt) + [1] * new)
+        ref = reference_capture(model, family, tokens)
+        check_rows_match(rec, b, ref, len(tokens))
+        # greedy: each generated token is the argmax of the full forward at the previous position
+        greedy = ref.lm_logits[len(prompt) - 1 : -1].argmax(-1)
+        assert tokens[len(prompt) :] == greedy.tolist()
+
+
+def test_full_probs(tiny) -> None:
+    family, model, lm = tiny
+    rec = collect_batch(lm, PROMPTS[:2], save_probs=True)
+    assert rec.probs is not None
+    assert rec.probs.shape == (rec.num_tokens, len(lm.moe_layers), lm.num_experts)
+    ref = reference_capture(model, family, PROMPTS[1])
+    probs = rec.probs[rec.sequence(1)]
+    if family == "deepseek_v3":  # documented: independent sigmoid scores
+        expected = 1.0 / (1.0 + np.exp(-ref.logits))
+    else:
+        z = np.exp(ref.logits - ref.logits.max(-1, keepdims=True))
+        expected = z / z.sum(-1, keepdims=True)
+        np.testing.assert_allclose(rec.probs.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_eos_stops_a_sequence() -> None:
+    model = build_tiny("olmoe", seed=3)
+    lm = LoadedModel.from_model(model)
+    free = collect_batch(lm, PROMPTS[:2], max_new_tokens=4, generation={"eos_token_id": []})
+    first_gen = int(free.token_ids[free.sequence(0)][len(PROMPTS[0])])
+    rec = collect_batch(lm, PROMPTS[:2], max_new_tokens=4, generation={"eos_token_id": first_gen})
+    seq0 = rec.token_ids[rec.sequence(0)].tolist()
+    assert seq0 == PROMPTS[0] + [first_gen]  # EOS recorded, nothing after it
+    seq1_free = free.token_ids[free.sequence(1)].tolist()
+    gen1 = seq1_free[len(PROMPTS[1]) :]
+    expected1 = PROMPTS[1] + (gen1[: gen1.index(first_gen) + 1] if first_gen in gen1 else gen1)
+    assert rec.token_ids[rec.sequence(1)].tolist() == expected1
+    ref = reference_capture(model, "olmoe", seq0)
+    check_rows_match(rec, 0, ref, len(seq0))
+
+
+def test_sampling_is_seeded() -> None:
+    lm = LoadedModel.from_model(build_tiny("mixtral"))
+    opts = {"do_sample": True, "temperature": 1.5, "top_k": 20, "top_p": 0.9, "seed": 7}
+    a = collect_batch(lm, PROMPTS[:2], max_new_tokens=4, generation=opts)
+    b = collect_batch(lm, PROMPTS[:2], max_new_tokens=4, generation=opts)
+    np.testing.assert_array_equal(a.token_ids, b.token_ids)
+    np.testing.assert_array_equal(a.experts, b.experts)
+    with pytest.raises(InvalidParameterError, match="num_beams"):
+        collect_batch(lm, PROMPTS[:1], max_new_tokens=1, generation={"num_beams": 2})
+
+
+@pytest.mark.parametrize("family_name", ["olmoe", "deepseek_v3", "phimoe"])
+def test_router_edit_hook_reroutes(family_name: str) -> None:
+    """A RouterEdit masking one expert: that expert never appears and the model used the edit."""
+    model = build_tiny(family_name)
+    lm = LoadedModel.from_model(model)
+    layer = lm.moe_layers[-1]
+    base = collect_batch(lm, PROMPTS)
+    j = lm.moe_layers.index(layer)
+    banned = int(np.bincount(base.experts[:, j, 0]).argmax())  # a frequently chosen expert
+    mask = torch.zeros(lm.num_experts, dtype=torch.bool)
+    mask[banned] = True
+    router = lm.router_modules()[j]
+
+    def edit(lm_, at, logits, weights, indices):
+        return lm_.adapter.route(logits, router, mask=mask) if at == layer else None
+
+    rec = collect_batch(lm, PROMPTS, max_new_tokens=2, steering=edit)
+    assert not (rec.experts[:, j] == banned).any()
+    for b, prompt in enumerate(PROMPTS):  # layers before the edited one are untouched
+        start = rec.seq_offsets[b]
+        got = rec.experts[start : start + len(prompt), :j]
+        np.testing.assert_array_equal(got, base.experts[base.sequence(b), :j])
+    # the edit reached the model: the generated continuation is the plain forward of the edited model
+    hooks = []
+
+    def replace(mod, args, out):
+        w, i = lm.adapter.route(out[0], mod, mask=mask)
+        return out[0], w.to(out[1].dtype), i
+
+    hooks.append(router.register_forward_hook(replace))
+    try:
+        seq = rec.token_ids[rec.sequence(0)].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([seq])).logits[0]
+    finally:
+        hooks[0].remove()
+    assert seq[len(PROMPTS[0]) :] == logits[len(PROMPTS[0]) - 1 : -1].argmax(-1).tolist()
+
+
+def test_route_force_puts_expert_first() -> None:
+    lm = LoadedModel.from_model(build_tiny("qwen2_moe"))
+    ref = reference_capture(lm.model, "qwen2_moe", PROMPTS[0])
+    logits = torch.from_numpy(ref.logits[:, 0])
+    force = torch.zeros(lm.num_experts, dtype=torch.bool)
+    force[5] = True
+    weights, indices = lm.adapter.route(logits, lm.router_modules()[0], force=force)
+    assert (indices[:, 0] == 5).all()
+    probs = torch.softmax(logits, -1)
+    # the other slot is the best remaining expert; weights renormalized (norm_topk_prob=True)
+    best_other = probs.masked_fill(force, -1).argmax(-1)
+    assert torch.equal(indices[:, 1], best_other)
+    np.testing.assert_allclose(weights.sum(-1).numpy(), 1.0, atol=1e-6)
+
+
+def test_unsupported_and_dense_models_fail_clearly(tmp_path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dense = AutoConfig.for_model(
+        "llama",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+    )
+    with pytest.raises(UnsupportedModelError) as err:
+        LoadedModel.from_model(AutoModelForCausalLM.from_config(dense))
+    msg = str(err.value)
+    assert "llama" in msg and "olmoe" in msg and "routescope/models/adapters/" in msg
+    assert "\n" not in msg
+    all_dense = build_tiny("qwen3_moe", mlp_only_layers=[0, 1, 2]).config
+    from routescope.models import adapter_for
+
+    with pytest.raises(UnsupportedModelError, match="no MoE layers"):
+        adapter_for(all_dense)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        load_model(str(tmp_path / "notes.txt"))
+
+
+def test_load_model_from_saved_directory(tmp_path) -> None:
+    model = build_tiny("granitemoe")
+    model.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), dtype="float32")
+    assert lm.family == "granitemoe" and lm.model_id == str(tmp_path)
+    assert lm.dtype == "float32" and lm.device == "cpu" and lm.tokenizer is None
+    assert not lm.model.training
+    rec = collect_batch(lm, PROMPTS[:1])
+    ref = reference_capture(model, "granitemoe", PROMPTS[0])
+    check_rows_match(rec, 0, ref, len(PROMPTS[0]))
+
+
+def test_bad_inputs_raise_one_line_errors(tiny) -> None:
+    _, _, lm = tiny
+    with pytest.raises(InvalidParameterError, match="empty"):
+        collect_batch(lm, [])
+    with pytest.raises(InvalidParameterError, match="vocabulary"):
+        collect_batch(lm, [[1, VOCAB + 5]])
+
+
+assert set(FAMILIES) == set(SUPPORTED_FAMILIES)
