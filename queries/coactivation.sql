@@ -9,7 +9,7 @@
 --   lift = n × tokens ÷ (n_a × n_b) (1 = as often as independent choices would give)
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            CAST(getvariable('layer') AS INTEGER) AS layer,
            coalesce(CAST(getvariable('min_count') AS INTEGER), 1) AS min_count

@@ -8,7 +8,7 @@
 --   load_ratio (share × E; 1 = uniform). Experts never selected appear with 0.
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            CAST(getvariable('phase') AS VARCHAR) AS phase
 ), run AS (

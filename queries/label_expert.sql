@@ -9,7 +9,7 @@
 --   Every (layer, label, expert) appears, with 0 where the expert was never selected.
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            CAST(getvariable('layer') AS INTEGER) AS layer
 ), run AS (

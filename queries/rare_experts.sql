@@ -7,7 +7,7 @@
 -- Columns: layer, expert, assignments, load_ratio, never_used (rarest first within each layer)
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            coalesce(CAST(getvariable('max_ratio') AS DOUBLE), 0.1) AS max_ratio
 ), run AS (

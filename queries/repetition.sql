@@ -7,7 +7,7 @@
 --   top-2 sets share an expert; NULL when k = 1), top2_chance (= 1 − C(E−2,2)/C(E,2))
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id
 ), run AS (
     SELECT r.run_id, r.num_experts AS e, r.top_k AS k FROM runs r JOIN params USING (run_id)

@@ -9,7 +9,7 @@
 --   mean_max_prob (mean of the largest probability)
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            CAST(getvariable('phase') AS VARCHAR) AS phase
 ), ent AS (

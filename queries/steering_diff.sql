@@ -11,14 +11,14 @@
 WITH steered AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
                     (SELECT run_id FROM runs WHERE steering_id IS NOT NULL
-                     ORDER BY created_at DESC, run_id DESC LIMIT 1)) AS run_id
+                     ORDER BY created_at DESC, run_id LIMIT 1)) AS run_id
 ), params AS (
     SELECT s.run_id,
            coalesce(CAST(getvariable('base_run_id') AS VARCHAR),
                     (SELECT b.run_id FROM runs b JOIN runs r ON b.model_id = r.model_id
                      WHERE r.run_id = s.run_id AND b.steering_id IS NULL
                        AND b.run_id <> s.run_id
-                     ORDER BY b.created_at DESC, b.run_id DESC LIMIT 1)) AS base_run_id
+                     ORDER BY b.created_at DESC, b.run_id LIMIT 1)) AS base_run_id
     FROM steered s
 ), run AS (
     SELECT r.num_experts AS e, r.top_k AS k FROM runs r JOIN params USING (run_id)

@@ -9,7 +9,7 @@
 --   p_target, p_control (shares of each set whose top-k contains the expert), risk_difference
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            coalesce(CAST(getvariable('top_n') AS INTEGER), 20) AS top_n
 ), run AS (

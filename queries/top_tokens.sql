@@ -11,7 +11,7 @@
 --   the share of this token's occurrences that selected the expert)
 WITH params AS (
     SELECT coalesce(CAST(getvariable('run_id') AS VARCHAR),
-                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1))
+                    (SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 1))
                AS run_id,
            CAST(getvariable('layer') AS INTEGER) AS layer,
            CAST(getvariable('expert') AS INTEGER) AS expert,

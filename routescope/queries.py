@@ -225,6 +225,43 @@ def _refuse(query: NamedQuery, what: str) -> WriteRefusedError:
     )
 
 
+#: Parameters that name a run: a run's name is accepted too, and an unknown run is a clear error.
+RUN_PARAMS = ("run_id", "base_run_id")
+
+
+def _resolve_runs(
+    con: duckdb.DuckDBPyConnection, query: NamedQuery, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Map run names to run ids (newest first) and refuse runs the store does not hold."""
+    out = dict(params)
+    for key in RUN_PARAMS:
+        if out.get(key) is None:
+            continue
+        value = str(out[key])
+        try:
+            row = con.execute(
+                "SELECT run_id FROM runs WHERE run_id = ? OR name = ? "
+                "ORDER BY run_id = ? DESC, created_at DESC LIMIT 1",
+                [value, value, value],
+            ).fetchone()
+            known = [
+                r[0]
+                for r in con.execute(
+                    "SELECT run_id FROM runs ORDER BY created_at DESC, run_id LIMIT 10"
+                ).fetchall()
+            ]
+        except duckdb.Error:  # no runs table (an arbitrary database): leave the value alone
+            continue
+        if row is None:
+            hint = ", ".join(known) if known else "the store holds no runs"
+            raise QueryError(
+                f"query {query.name}: no run {value!r} ({key}); newest runs: {hint} "
+                "(`routescope sql runs` lists them all)"
+            )
+        out[key] = row[0]
+    return out
+
+
 def run_query(
     con: duckdb.DuckDBPyConnection,
     query: NamedQuery,
@@ -253,6 +290,7 @@ def run_query(
         for st in statements:
             if st.type not in READ_STATEMENTS and not _is_pivot(st):
                 raise _refuse(query, f"{st.type.name} statement")
+    params = _resolve_runs(con, query, params)
     try:
         for name in query.params:
             if name in params:

@@ -702,3 +702,9 @@ def test_sql_error_names_the_query(con, tmp_path):
     f.write_text("SELECT no_such_column FROM routes")
     with pytest.raises(QueryError, match="query broken failed: .*no_such_column"):
         run_query(con, resolve_query(str(f)))
+
+
+def test_run_names_resolve_and_unknown_runs_are_errors(con):
+    assert_rows(run(con, "repetition", run_id="base run"), ref_repetition("base"))
+    with pytest.raises(QueryError, match="no run 'nope' \\(run_id\\); newest runs: probe, steer"):
+        run(con, "repetition", run_id="nope")
