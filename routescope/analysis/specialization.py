@@ -102,15 +102,13 @@ def domain_specialization(trace: Trace, by: str = "label") -> pl.DataFrame:
     """
     _require_tokens(trace, "domain specialization")
     codes, names = _group_codes(trace, by)
-    keep = codes >= 0
-    sub = trace.select_tokens(keep)
-    codes = codes[keep]
     g, e = len(names), trace.num_experts
+    codes = np.where(codes >= 0, codes, g)  # ungrouped tokens go to an extra row, dropped below
     r = trace.top_k / e
-    n_g = np.bincount(codes, minlength=g).astype(np.int64)
+    n_g = np.bincount(codes, minlength=g + 1)[:g].astype(np.int64)
     frames = []
     for col, layer in enumerate(trace.layers):
-        c = _counts_by_group(sub, col, codes, g)  # [g, E]
+        c = _counts_by_group(trace, col, codes, g + 1)[:g]  # [g, E]
         other_c = c.sum(axis=0, keepdims=True) - c
         other_n = n_g.sum() - n_g
         share = c / n_g[:, None]

@@ -9,6 +9,8 @@ from itertools import combinations, product
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routescope.analysis import localization as lo
 from routescope.errors import InvalidParameterError
@@ -412,3 +414,21 @@ def test_cli_bad_spec_is_one_line_error(tmp_path, monkeypatch, capsys) -> None: 
         assert exc.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], lines
+
+
+# ---- invariants -------------------------------------------------------------------------------
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 100_000), st.booleans())
+def test_localize_invariants(seed: int, weight: bool) -> None:
+    tr = synthetic(seed, n_prompts=4, n_tok=6, e=5, k=2)
+    r = lo.localize(*lo.split_labels(tr, "t", "c"), n_boot=30, n_perm=30, seed=seed, weight=weight)
+    # Every token selects k experts per layer, so rates sum to k on both sides: rd sums to 0.
+    sums = r.group_by("layer").agg(pl.col("rd").sum(), pl.col("p1").sum(), pl.col("p2").sum())
+    assert (
+        np.allclose(sums["rd"], 0.0) and np.allclose(sums["p1"], 2) and np.allclose(sums["p2"], 2)
+    )
+    assert ((r["p_value"] > 0) & (r["p_value"] <= 1)).all()
+    assert (r["q_value"] >= r["p_value"] - 1e-12).all() and (r["q_value"] <= 1).all()
+    assert (r["ci_low"] <= r["ci_high"]).all()
+    assert r["rank"].to_list() == list(range(1, r.height + 1))
+    assert np.all(np.diff(r["score"].to_numpy()) <= 1e-15)
