@@ -1,0 +1,234 @@
+"""A real collection job on a tiny random OLMoE (no hub): interrupt, resume, compare databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from routescope.collect.engine import collect_batch
+from routescope.collect.jobs import job_from_options
+from routescope.collect.runner import CollectionInterrupted, run_job
+from routescope.models import LoadedModel
+from routescope.store.store import RoutingStore
+
+VOCAB, PAD, BOS, EOS = 96, 0, 1, 2
+
+
+def build_tiny_olmoe(seed: int):
+    """A tiny random OLMoE (3 layers, 8 experts, top-2) with randomized router weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(
+        "olmoe",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        num_experts=8,
+        num_experts_per_tok=2,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):
+                param.normal_(0.0, 1.0)
+    return model
+
+
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "mat",
+    "rug",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "def",
+    "return",
+    "if",
+    "else",
+    "for",
+    "in",
+    "print",
+    "x",
+    "y",
+    "z",
+    "=",
+    "(",
+    ")",
+    ":",
+    "+",
+    "-",
+    "*",
+    "0",
+    "1",
+    "2",
+    "3",
+    "der",
+    "die",
+    "das",
+    "und",
+    "ist",
+    "ein",
+]
+
+
+def make_tokenizer():
+    """A word-level fast tokenizer whose ids fit the tiny model's vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": PAD, "[BOS]": BOS, "[EOS]": EOS, "[UNK]": 3}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    assert len(vocab) <= VOCAB
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A", special_tokens=[("[BOS]", BOS)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]"
+    )
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return LoadedModel.from_model(
+        build_tiny_olmoe(seed=3), tokenizer=make_tokenizer(), model_id="tiny/olmoe"
+    )
+
+
+PROSE = [
+    "the cat sat on the mat",
+    "a big dog ran under the red rug",
+    "one two three four five",
+    "the small blue cat",
+    "der cat ist ein dog und die mat",
+    "green",
+]
+CODE = [
+    "def f ( x ) : return x + 1",
+    "if x = 0 : print ( y ) else : print ( z )",
+    "for x in y : print ( x * 2 )",
+    "return 3",
+    "x = y - z",
+]
+
+
+@pytest.fixture(scope="module")
+def prompt_files(tmp_path_factory) -> list[str]:
+    root: Path = tmp_path_factory.mktemp("prompts")
+    prose = root / "prose.txt"
+    prose.write_text("\n".join(PROSE) + "\n")
+    code = root / "code.jsonl"
+    targets = {0: "return x", 1: "print"}
+    code.write_text(
+        "\n".join(
+            json.dumps({"text": t, "label": "code", "target": targets.get(i)})
+            for i, t in enumerate(CODE)
+        )
+        + "\n"
+    )
+    return [str(prose), str(code)]
+
+
+def dump(path: str) -> dict[str, list]:
+    con = duckdb.connect(path, read_only=True)
+    tables = {
+        "runs": "SELECT * EXCLUDE (created_at) FROM runs ORDER BY run_id",
+        "sequences": "SELECT * FROM sequences ORDER BY run_id, seq_id",
+        "tokens": "SELECT * FROM tokens ORDER BY run_id, seq_id, pos",
+        "routes": "SELECT * FROM routes ORDER BY run_id, seq_id, pos, layer",
+        "router_probs": "SELECT * FROM router_probs ORDER BY run_id, seq_id, pos, layer",
+    }
+    out = {name: con.execute(q).fetchall() for name, q in tables.items()}
+    con.close()
+    return out
+
+
+def test_interrupted_job_resumed_equals_uninterrupted(tmp_path, lm, prompt_files):
+    opts = dict(batch_size=3, max_new_tokens=2, save_probs=True, model="tiny/olmoe")
+    clean_db = str(tmp_path / "clean.duckdb")
+    clean = run_job(
+        job_from_options(prompt_files, db=clean_db, **opts),
+        quiet=True,
+        lm=lm,
+        collect_fn=collect_batch,
+    )
+    assert clean.sequences_written == len(PROSE) + len(CODE) and clean.status == "complete"
+
+    db = str(tmp_path / "resumed.duckdb")
+    job = job_from_options(prompt_files, db=db, **opts)
+    calls = []
+
+    def interrupt_after_two(i: int) -> None:
+        calls.append(i)
+        if i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(CollectionInterrupted, match="re-run the same command"):
+        run_job(job, quiet=True, lm=lm, collect_fn=collect_batch, after_batch=interrupt_after_two)
+    with RoutingStore(db, read_only=True) as store:
+        assert store.run_info(job.run_id)["status"] == "interrupted"
+        assert len(store.stored_seq_ids(job.run_id)) == 6  # two whole batches of 3
+    resumed = run_job(job, quiet=True, lm=lm, collect_fn=collect_batch)
+    assert resumed.sequences_skipped == 6 and resumed.sequences_written == 5
+
+    got, want = dump(db), dump(clean_db)
+    for table in want:
+        assert len(got[table]) == len(want[table]), table
+        assert got[table] == want[table], table
+    con = duckdb.connect(db, read_only=True)
+    # no duplicates and no missing rows: every token has exactly one route row per MoE layer
+    n_tokens = con.execute("SELECT count(*) FROM tokens").fetchall()[0][0]
+    n_routes = con.execute("SELECT count(DISTINCT (seq_id, pos, layer)) FROM routes").fetchall()
+    assert n_routes[0][0] == n_tokens * len(lm.moe_layers)
+    assert con.execute("SELECT count(*) FROM routes").fetchall()[0][0] == n_routes[0][0]
+    n_decode = con.execute("SELECT count(*) FROM tokens WHERE phase = 'decode'").fetchall()[0][0]
+    assert 0 < n_decode <= 2 * len(PROSE + CODE)
+    # the target spans: 'return x' in code prompt 0 (words 6-7), the first 'print' in prompt 1
+    marked = con.execute(
+        "SELECT s.prompt_id, t.pos, t.token FROM tokens t JOIN sequences s USING (run_id, seq_id)"
+        " WHERE t.in_target ORDER BY ALL"
+    ).fetchall()
+    con.close()
+    words0, words1 = CODE[0].split(), CODE[1].split()
+    want_marked = [
+        ("0", 1 + words0.index("return"), "return"),
+        ("0", 2 + words0.index("return"), "x"),
+        ("1", 1 + words1.index("print"), "print"),  # +1: BOS is position 0
+    ]
+    assert marked == want_marked
+
+    with RoutingStore(db, read_only=True) as store:
+        tr = store.load_trace(job.run_id)
+    assert tr.layers == tuple(lm.moe_layers) and tr.num_experts == 8 and tr.top_k == 2
+    assert tr.labels.tolist() == [None] * len(PROSE) + ["code"] * len(CODE)
+    # each token's experts are distinct and in range
+    assert (tr.experts >= 0).all() and (tr.experts < 8).all()
+    assert (tr.experts[:, :, 0] != tr.experts[:, :, 1]).all()
