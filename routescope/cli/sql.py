@@ -82,9 +82,15 @@ def _render_table(table: pa.Table, title: str, max_rows: int, file: Any | None) 
     console = Console(file=file, width=200 if file is not None else None)
     shown = table.slice(0, max_rows) if max_rows >= 0 else table
     out = Table(title=title, title_justify="left")
+    headers_fit = sum(len(n) + 3 for n in table.column_names) + 1 <= console.width
     for name, typ in zip(table.column_names, table.schema.types, strict=True):
         numeric = pa.types.is_integer(typ) or pa.types.is_floating(typ)
-        out.add_column(name, justify="right" if numeric else "left", overflow="fold")
+        out.add_column(
+            name,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            min_width=len(name) if headers_fit else None,
+        )
     for row in shown.to_pylist():
         out.add_row(*(_cell(v) for v in row.values()))
     console.print(out)

@@ -9,6 +9,7 @@ writing and no one else open it meanwhile; the runner holds it only while commit
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 _VIEW_RE = re.compile(r"CREATE OR REPLACE VIEW .*?;", re.S)
 
 
-def _schema_columns() -> dict[str, list[tuple[str, str]]]:
+@functools.cache
+def schema_columns() -> dict[str, list[tuple[str, str]]]:
     """table → [(column, type)] of the schema's base tables, read by running the DDL in memory."""
     con = duckdb.connect(":memory:")
     try:
@@ -40,10 +42,6 @@ def _schema_columns() -> dict[str, list[tuple[str, str]]]:
     for table, col, ctype in rows:
         tables.setdefault(table, []).append((col, ctype))
     return tables
-
-
-#: Base tables of the schema → their columns and types (views such as route_choices excluded).
-SCHEMA_COLUMNS: dict[str, list[tuple[str, str]]] = _schema_columns()
 
 
 def _sql_str(value: str) -> str:
@@ -131,7 +129,7 @@ def _connect_parquet(root: Path) -> duckdb.DuckDBPyConnection:
     con.execute(_VIEW_RE.sub("", DDL))
     found = 0
     try:
-        for table, cols in SCHEMA_COLUMNS.items():
+        for table, cols in schema_columns().items():
             source = _parquet_source(root, table)
             if source is None:
                 continue

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from routescope.errors import StoreError
-from routescope.store.dataset import SCHEMA_COLUMNS, connect_store
+from routescope.store.dataset import connect_store, schema_columns
 from routescope.store.parquet import export_parquet
 from routescope.store.schema import DDL
 from routescope.store.store import RoutingStore
@@ -132,7 +132,7 @@ def test_route_choices_on_a_partial_export(tmp_path, db):
     src.close()
     con = connect_store(out)
     try:
-        for table, cols in SCHEMA_COLUMNS.items():
+        for table, cols in schema_columns().items():
             assert _describe(con, table) == cols
         assert con.execute("SELECT count(*) FROM router_probs").fetchone() == (0,)
         got = con.execute(
