@@ -73,7 +73,8 @@ def _generation_options(lm: LoadedModel, generation: dict | None) -> dict[str, A
             f"unknown generation option(s) {', '.join(unknown)}: "
             f"supported are {', '.join(GENERATION_OPTIONS)}"
         )
-    eos = opts.get("eos_token_id", getattr(lm.model.generation_config, "eos_token_id", None))
+    gen_cfg = getattr(lm.model, "generation_config", None)
+    eos = opts.get("eos_token_id", getattr(gen_cfg, "eos_token_id", None))
     if eos is None:
         eos = lm.model.config.eos_token_id
     if eos is None:
@@ -199,7 +200,7 @@ def collect_batch(
     ``eos_token_id`` (defaults to the model's). Rows come out grouped by sequence in input order.
     """
     _check_inputs(lm, input_ids, max_new_tokens)
-    opts = _generation_options(lm, generation) if max_new_tokens > 0 else {}
+    opts = _generation_options(lm, generation)
     device = lm.model.device
     batch = len(input_ids)
     lengths = torch.tensor([len(s) for s in input_ids])

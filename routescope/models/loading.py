@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from routescope.errors import RoutescopeError
+from routescope.errors import RoutescopeError, UnsupportedModelError
 from routescope.models.adapters import SUPPORTED_FAMILIES, MoEAdapter, adapter_for
 
 if TYPE_CHECKING:
@@ -48,6 +48,15 @@ class LoadedModel:
     ) -> LoadedModel:
         """Wrap an already-built HF model (e.g. from a config in tests); picks the adapter."""
         adapter = adapter_for(model.config)
+        for layer in adapter.moe_layers:
+            try:
+                adapter.router_module(model, layer)
+            except AttributeError as exc:
+                raise UnsupportedModelError(
+                    f"{model_id}: no router module at {adapter.router_path(layer)!r} although the "
+                    f"config says {adapter.family} (custom remote code?); load it with the "
+                    "transformers implementation (trust_remote_code=False)"
+                ) from exc
         model.eval()
         param = next(model.parameters())
         return cls(

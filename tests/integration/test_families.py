@@ -395,6 +395,10 @@ def test_unsupported_and_dense_models_fail_clearly(tmp_path) -> None:
 
     with pytest.raises(UnsupportedModelError, match="no MoE layers"):
         adapter_for(all_dense)
+    rewired = build_tiny("olmoe")
+    rewired.model.layers[1].mlp = torch.nn.Identity()  # layout not the transformers one
+    with pytest.raises(UnsupportedModelError, match=r"model\.layers\.1\.mlp\.gate"):
+        LoadedModel.from_model(rewired)
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ModelLoadError, match="not a model directory"):
         load_model(str(tmp_path))
