@@ -64,10 +64,29 @@ def synthetic_trace(n_tokens: int, seq_len: int, n_layers: int, e: int, k: int, 
     )
 
 
+def cpu_model() -> str:
+    """The CPU model name (Linux), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def timed_cpu(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process, result): CPU time is less sensitive to the
+    other jobs sharing the machine."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def naive_bootstrap_seconds(target: Trace, control: Trace, resamples: int, seed: int) -> float:
@@ -106,12 +125,12 @@ def main() -> None:
         lambda: synthetic_trace(args.tokens, args.seq_len, args.layers, args.experts, args.top_k, 0)
     )
     assert isinstance(tr, Trace)
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, float, float]] = []
 
-    def record(name: str, fn: Callable[[], object], note: str = "") -> object:
-        sec, out = timed(fn)
-        rows.append((name, sec, note))
-        print(f"{name:<48} {sec:8.2f} s  {note}", flush=True)
+    def record(name: str, fn: Callable[[], object]) -> object:
+        sec, cpu, out = timed_cpu(fn)
+        rows.append((name, sec, cpu))
+        print(f"{name:<60} {sec:8.2f} s wall {cpu:8.2f} s cpu", flush=True)
         return out
 
     record("expert_load + load_summary", lambda: (sp.expert_load(tr), sp.load_summary(tr)))
@@ -161,6 +180,7 @@ def main() -> None:
     )
     naive = naive_bootstrap_seconds(t_set, c_set, args.naive_resamples, 1)
     naive_full = naive / args.naive_resamples * args.n_boot
+    # Same conditions for both sides of the ratio: measured back to back, wall time.
     vec_boot_sec, _ = timed(lambda: lo.localize(t_set, c_set, n_boot=args.n_boot, n_perm=1))
 
     lines = [
@@ -171,15 +191,19 @@ def main() -> None:
         f"{tr.top_k}; two labels; planted experts {list(PLANTED)} "
         f"(localization ranked them first: {top3 == set(PLANTED)}). Built in {t_gen:.1f} s.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores "
         f"(shared with other jobs while measured), Python {platform.python_version()}, "
         f"numpy {np.__version__}, {platform.system()} {platform.release()}.",
         "",
-        "| step | seconds | tokens / s | note |",
-        "|---|---:|---:|---|",
+        f"Load average when finished: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, so wall "
+        "times are inflated by other jobs; CPU seconds (this process, all its threads) are the "
+        "steadier number.",
+        "",
+        "| step | wall s | CPU s | tokens / wall s |",
+        "|---|---:|---:|---:|",
     ]
-    for name, sec, note in rows:
-        lines.append(f"| {name} | {sec:.2f} | {tr.num_tokens / sec:,.0f} | {note} |")
+    for name, sec, cpu in rows:
+        lines.append(f"| {name} | {sec:.2f} | {cpu:.2f} | {tr.num_tokens / sec:,.0f} |")
     lines += [
         "",
         f"Bootstrap alone ({args.n_boot} resamples, prompt-level): vectorized "
