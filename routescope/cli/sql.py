@@ -165,6 +165,10 @@ def sql_command(
         raise RoutescopeError("give a query name, a .sql file or SQL text (or --list to see names)")
     if fmt is OutputFormat.parquet and output is None:
         raise RoutescopeError("--format parquet writes a file: add --output FILE.parquet")
+    if write and db.is_dir():
+        raise RoutescopeError(
+            f"--write needs a DuckDB file; {db} is a Parquet export, which is read-only"
+        )
     named = resolve_query(query)
     params = parse_params(param)
     con = connect_store(db, read_only=not write)
@@ -172,7 +176,12 @@ def sql_command(
         table = run_query(con, named, params, allow_write=write)
     finally:
         con.close()
-    _emit(table, named.name, fmt, output, max_rows)
+    try:
+        _emit(table, named.name, fmt, output, max_rows)
+    except OSError as exc:
+        raise RoutescopeError(
+            f"cannot write {output or 'the output'}: {exc.strerror or exc}; check the path"
+        ) from None
 
 
 def _emit(

@@ -243,6 +243,11 @@ def test_user_errors_are_one_line(monkeypatch, capsys, db, tmp_path):
         (["sql", "runs", "--db", str(db), "-p", "oops"], "write it as name=value"),
         (["sql", "runs", "--db", str(db), "-p", "layer=1"], "query runs has no parameter layer"),
         (["sql", "repetition", "--db", str(db), "-p", "run_id=zz"], "no run 'zz'"),
+        (["sql", "runs", "--db", str(tmp_path), "--write"], "--write needs a DuckDB file"),
+        (
+            ["sql", "runs", "--db", str(db), "-f", "csv", "-o", str(tmp_path / "no" / "x.csv")],
+            "cannot write",
+        ),
     ]
     for args, needle in cases:
         code, _, err = cli(monkeypatch, capsys, *args)
