@@ -1,0 +1,3 @@
+"""CLI commands: dashboard (`routescope app`)."""
+
+from routescope.cli._app import app  # noqa: F401
