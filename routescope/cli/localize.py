@@ -204,8 +204,9 @@ def localize_cmd(
         needs_base = not (target.startswith("run:") and control.startswith("run:"))
 
         def load_run(name: str):  # noqa: ANN202
-            with err.status(f"loading run {name}…"):
-                return store.load_trace(store.resolve_run(name), phase=phase)
+            rid = store.resolve_run(name)  # outside the spinner: a bad name is one clean line
+            with err.status(f"loading run {rid}…"):
+                return store.load_trace(rid, phase=phase)
 
         base = load_run(run_id) if needs_base else None
         t_set, c_set = lo.token_sets_from_specs(base, target, control, load_run=load_run)
@@ -271,6 +272,7 @@ def localize_cmd(
 
 
 def _print_localize(head: dict, shown) -> None:  # noqa: ANN001
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -279,22 +281,25 @@ def _print_localize(head: dict, shown) -> None:  # noqa: ANN001
         f"{head['target']} (N1={head['n1']:,} tokens, {head['prompts1']} prompts) vs "
         f"{head['control']} (N2={head['n2']:,}, {head['prompts2']} prompts), {design}"
     )
-    t = Table(title=title)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     weight = head["score"] == "weight"
-    cols = ["rank", "layer", "expert", "p1", "p2", "RD"]
-    cols += ["w1", "w2", "WD"] if weight else []
+    cols = ["rank", "layer", "expert"]
+    cols += ["RD", "w1", "w2", "WD"] if weight else ["p1", "p2", "RD"]
     cols += ["95% CI", "p", "q"]
     for c in cols:
-        t.add_column(c, justify="right")
+        t.add_column(c, justify="right", no_wrap=True)
     for r in shown.iter_rows(named=True):
         cells = [str(r["rank"]), str(r["layer"]), str(r["expert"])]
-        cells += [_fmt(r["p1"]), _fmt(r["p2"]), f"{r['rd']:+.4f}"]
         if weight:
-            cells += [_fmt(r["w1"]), _fmt(r["w2"]), f"{r['wd']:+.4f}"]
-        cells += [
-            f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
-            f"{r['p_value']:.3g}",
-            f"[bold]{r['q_value']:.3g}[/bold]" if r["q_value"] < 0.05 else f"{r['q_value']:.3g}",
-        ]
+            cells += [f"{r['rd']:+.3f}", _fmt(r["w1"], 3), _fmt(r["w2"], 3), f"{r['wd']:+.3f}"]
+        else:
+            cells += [_fmt(r["p1"], 3), _fmt(r["p2"], 3), f"{r['rd']:+.3f}"]
+        ci = (
+            "–"
+            if r["ci_low"] is None or math.isnan(r["ci_low"])
+            else f"{r['ci_low']:+.3f}…{r['ci_high']:+.3f}"
+        )
+        q = f"{r['q_value']:.3g}"
+        cells += [ci, f"{r['p_value']:.3g}", f"[bold]{q}[/bold]" if r["q_value"] < 0.05 else q]
         t.add_row(*cells)
     Console().print(t)
