@@ -426,4 +426,17 @@ def test_bad_inputs_raise_one_line_errors(tiny) -> None:
         collect_batch(lm, [[1, VOCAB + 5]])
 
 
-assert set(FAMILIES) == set(SUPPORTED_FAMILIES)
+def test_every_supported_family_has_a_tiny_config() -> None:
+    assert set(FAMILIES) == set(SUPPORTED_FAMILIES)
+
+
+@pytest.mark.parametrize("family_name", ["olmoe", "gpt_oss"])
+def test_bfloat16_weights_are_the_ones_the_model_used(family_name: str) -> None:
+    """In bf16 the recorded float32 weights equal the router's own bf16 outputs exactly."""
+    model = build_tiny(family_name).to(torch.bfloat16)
+    lm = LoadedModel.from_model(model)
+    assert lm.dtype == "bfloat16"
+    rec = collect_batch(lm, PROMPTS[:1])
+    ref = reference_capture(model, family_name, PROMPTS[0])
+    np.testing.assert_array_equal(rec.experts.astype(np.int64), ref.experts)
+    np.testing.assert_array_equal(rec.weights, ref.weights)
