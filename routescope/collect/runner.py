@@ -138,12 +138,16 @@ def run_job(
     collect_fn: CollectFn | None = None,
     store: Any = None,
     after_batch: Callable[[int], None] | None = None,
+    flush_rows: int = 262_144,
+    flush_seconds: float = 20.0,
 ) -> RunResult:
     """Collect the job's routing into its database, resuming a previous partial run.
 
     lm: an already-loaded `LoadedModel` (else the job's model is loaded); collect_fn: the engine
     (default `routescope.collect.engine.collect_batch`); store: an open writable `RoutingStore`
-    (else job.db is opened); after_batch(i) is called after batch i is committed.
+    (else job.db is opened); after_batch(i) is called after engine batch i is computed.
+    Engine batches are written together once they reach flush_rows route rows or flush_seconds
+    (and on Ctrl-C or out-of-memory, so every computed sequence is kept).
     Raises `CollectionInterrupted` on Ctrl-C or out-of-memory, with the run marked 'interrupted'.
     """
     from routescope.store.store import RoutingStore
@@ -185,13 +189,82 @@ def run_job(
         todo = [i for i in range(len(tokenized)) if i not in stored]
         batches = plan_batches(tokenized, todo, job.batch_size)
         result = _collect(
-            job, store, run_id, lm, collect_fn, tokenized, batches, quiet, after_batch
+            job,
+            store,
+            run_id,
+            lm,
+            collect_fn,
+            tokenized,
+            batches,
+            quiet,
+            after_batch,
+            flush_rows,
+            flush_seconds,
         )
         result.sequences_skipped = len(tokenized) - len(todo)
         return result
     finally:
         if own_store:
             store.close()
+
+
+class _BufferedWriter:
+    """Groups engine batches into larger store transactions (whole sequences only).
+
+    DuckDB ingests large transactions much faster (big inserts go straight to the file instead of
+    through the write-ahead log), so small engine batches are written together once they reach
+    `flush_rows` route rows or `flush_seconds` have passed since the last write.
+    """
+
+    def __init__(
+        self, store: Any, run_id: str, texts: _TokenTexts, flush_rows: int, flush_seconds: float
+    ) -> None:
+        self.store, self.run_id, self.texts = store, run_id, texts
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.pending: list[tuple[list[dict], BatchRouting, np.ndarray]] = []
+        self.pending_rows = 0
+        self.last_flush = time.perf_counter()
+        self.sequences = self.tokens = self.rows = 0
+
+    def add(self, meta: list[dict], batch: BatchRouting, in_target: np.ndarray) -> None:
+        self.pending.append((meta, batch, in_target))
+        self.pending_rows += batch.num_tokens * batch.experts.shape[1]
+        due = time.perf_counter() - self.last_flush >= self.flush_seconds
+        if self.pending_rows >= self.flush_rows or due:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        meta = [m for part in self.pending for m in part[0]]
+        batch = concat_batches([part[1] for part in self.pending])
+        in_target = np.concatenate([part[2] for part in self.pending])
+        self.rows += self.store.write_batch(
+            self.run_id, meta, batch, self.texts.update(batch.token_ids), in_target
+        )
+        self.sequences += len(meta)
+        self.tokens += batch.num_tokens
+        self.pending, self.pending_rows = [], 0
+        self.last_flush = time.perf_counter()
+
+
+def concat_batches(batches: Sequence[BatchRouting]) -> BatchRouting:
+    """One BatchRouting holding the sequences of several, in order."""
+    if len(batches) == 1:
+        return batches[0]
+    offsets = [np.asarray(batches[0].seq_offsets, dtype=np.int64)]
+    for b in batches[1:]:
+        offsets.append(np.asarray(b.seq_offsets[1:], dtype=np.int64) + offsets[-1][-1])
+    has_probs = all(b.probs is not None for b in batches)
+    return BatchRouting(
+        seq_offsets=np.concatenate(offsets),
+        token_ids=np.concatenate([b.token_ids for b in batches]),
+        positions=np.concatenate([b.positions for b in batches]),
+        phase=np.concatenate([b.phase for b in batches]),
+        experts=np.concatenate([b.experts for b in batches]),
+        weights=np.concatenate([b.weights for b in batches]),
+        probs=np.concatenate([b.probs for b in batches]) if has_probs else None,  # type: ignore[misc]
+    )
 
 
 def _collect(
@@ -204,6 +277,8 @@ def _collect(
     batches: list[list[int]],
     quiet: bool,
     after_batch: Callable[[int], None] | None,
+    flush_rows: int,
+    flush_seconds: float,
 ) -> RunResult:
     from rich.progress import (
         BarColumn,
@@ -214,10 +289,10 @@ def _collect(
         TimeRemainingColumn,
     )
 
-    texts = _TokenTexts(lm.tokenizer)
     total = len(tokenized)
     done_before = total - sum(len(b) for b in batches)
-    written = tokens = rows = 0
+    writer = _BufferedWriter(store, run_id, _TokenTexts(lm.tokenizer), flush_rows, flush_seconds)
+    computed_tokens = 0
     start = time.perf_counter()
     progress = Progress(
         TextColumn("[bold]collect[/] {task.description}"),
@@ -230,6 +305,12 @@ def _collect(
         transient=False,
     )
     batch_size = job.batch_size
+
+    def save_pending() -> None:
+        """On an interruption, keep the whole sequences already computed."""
+        with contextlib.suppress(Exception):
+            writer.flush()
+
     try:
         with progress:
             task = progress.add_task(run_id, total=total, completed=done_before, tps=0.0)
@@ -241,7 +322,10 @@ def _collect(
                     save_probs=job.save_probs,
                     steering=None,
                 )
-                in_target = _in_target_rows(batch, [tokenized[i] for i in seq_ids])
+                if batch.num_sequences != len(seq_ids):
+                    raise RuntimeError(
+                        f"engine returned {batch.num_sequences} sequences for {len(seq_ids)}"
+                    )
                 meta = [
                     {
                         "seq_id": i,
@@ -252,29 +336,31 @@ def _collect(
                     }
                     for i in seq_ids
                 ]
-                rows += store.write_batch(
-                    run_id, meta, batch, texts.update(batch.token_ids), in_target
-                )
-                written += len(seq_ids)
-                tokens += batch.num_tokens
+                writer.add(meta, batch, _in_target_rows(batch, [tokenized[i] for i in seq_ids]))
+                computed_tokens += batch.num_tokens
                 elapsed = time.perf_counter() - start
-                progress.update(task, advance=len(seq_ids), tps=tokens / max(elapsed, 1e-9))
+                progress.update(
+                    task, advance=len(seq_ids), tps=computed_tokens / max(elapsed, 1e-9)
+                )
                 if after_batch is not None:
                     after_batch(bi)
+            writer.flush()
     except KeyboardInterrupt:
+        save_pending()
         store.set_status(run_id, "interrupted")
         raise CollectionInterrupted(
-            f"interrupted: run {run_id} keeps {done_before + written} of {total} sequences in "
-            f"{job.db}; re-run the same command to resume"
+            f"interrupted: run {run_id} keeps {done_before + writer.sequences} of {total} "
+            f"sequences in {job.db}; re-run the same command to resume"
         ) from None
     except Exception as exc:
         if _is_oom(exc):
+            save_pending()
             store.set_status(run_id, "interrupted")
             smaller = max(1, batch_size // 2)
             raise CollectionInterrupted(
                 f"out of memory at batch size {batch_size}: run {run_id} keeps "
-                f"{done_before + written} of {total} sequences; re-run the same command with "
-                f"--batch-size {smaller} to resume"
+                f"{done_before + writer.sequences} of {total} sequences; re-run the same command "
+                f"with --batch-size {smaller} to resume"
             ) from None
         store.set_status(run_id, "failed")
         raise
@@ -284,9 +370,9 @@ def _collect(
         db=job.db,
         sequences_total=total,
         sequences_skipped=done_before,
-        sequences_written=written,
-        tokens_written=tokens,
-        route_rows=rows,
+        sequences_written=writer.sequences,
+        tokens_written=writer.tokens,
+        route_rows=writer.rows,
         seconds=time.perf_counter() - start,
         status="complete",
     )

@@ -23,7 +23,24 @@ from routescope.collect.runner import CollectionInterrupted, run_job  # noqa: E4
 from routescope.store.store import RoutingStore  # noqa: E402
 
 E, K, LAYERS, V = 6, 2, [0, 2], 40
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "hello", "there", "big", "small", "red", "blue", "green"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "a",
+    "dog",
+    "ran",
+    "far",
+    "hello",
+    "there",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+]
 
 
 def make_tokenizer():
@@ -180,7 +197,8 @@ def test_job_writes_sequences_in_job_order_with_targets(tmp_path, lm, prompt_fil
     assert strings[1] == "[BOS]" and strings[tok.convert_tokens_to_ids("dog")] == "dog"
 
 
-def test_interrupted_job_resumes_to_the_same_database(tmp_path, lm, prompt_files):
+@pytest.mark.parametrize("flush_rows", [1, 10**9])  # write every engine batch / only at the end
+def test_interrupted_job_resumes_to_the_same_database(tmp_path, lm, prompt_files, flush_rows):
     full_db = str(tmp_path / "full.duckdb")
     run_job(
         job_from_options(prompt_files, db=full_db, batch_size=2, save_probs=True),
@@ -196,13 +214,20 @@ def test_interrupted_job_resumes_to_the_same_database(tmp_path, lm, prompt_files
             raise KeyboardInterrupt
 
     with pytest.raises(CollectionInterrupted, match="re-run the same command") as info:
-        run_job(job, quiet=True, lm=lm, collect_fn=FakeEngine(), after_batch=stop_after_two)
+        run_job(
+            job,
+            quiet=True,
+            lm=lm,
+            collect_fn=FakeEngine(),
+            after_batch=stop_after_two,
+            flush_rows=flush_rows,
+        )
     assert "keeps 4 of 9 sequences" in str(info.value)
     with RoutingStore(db, read_only=True) as store:
         assert store.run_info(job.run_id)["status"] == "interrupted"
         assert len(store.stored_seq_ids(job.run_id)) == 4
     engine = FakeEngine()
-    res = run_job(job, quiet=True, lm=lm, collect_fn=engine)
+    res = run_job(job, quiet=True, lm=lm, collect_fn=engine, flush_rows=flush_rows)
     assert res.sequences_skipped == 4 and res.sequences_written == 5
     assert sum(len(c) for c in engine.calls) == 5  # stored sequences were not recomputed
     got, want = dump(db), dump(full_db)
@@ -282,3 +307,22 @@ def test_cli_collect_runs_export(tmp_path, lm, prompt_files, monkeypatch, capsys
     assert err.startswith("error: no run 'nope'") and err.count("\n") == 1
     assert cli("collect", "--quiet") == 2
     assert "nothing to collect" in capsys.readouterr().err
+
+
+def test_small_engine_batches_are_grouped_into_fewer_transactions(tmp_path, lm, prompt_files):
+    db = str(tmp_path / "g.duckdb")
+    job = job_from_options(prompt_files, db=db, batch_size=1)
+    with RoutingStore(db) as store:
+        writes = []
+        original = store.write_batch
+
+        def counting(run_id, meta, *args, **kwargs):
+            writes.append([m["seq_id"] for m in meta])
+            return original(run_id, meta, *args, **kwargs)
+
+        store.write_batch = counting  # type: ignore[method-assign]
+        # 9 prompts of 2..7 tokens x 2 layers: 30 route rows fill a group after a few prompts
+        run_job(job, quiet=True, lm=lm, collect_fn=FakeEngine(), store=store, flush_rows=30)
+        assert 1 < len(writes) < 9
+        assert sorted(i for w in writes for i in w) == list(range(9))
+        assert store.stored_seq_ids(job.run_id) == set(range(9))
