@@ -432,3 +432,57 @@ def test_localize_invariants(seed: int, weight: bool) -> None:
     assert (r["ci_low"] <= r["ci_high"]).all()
     assert r["rank"].to_list() == list(range(1, r.height + 1))
     assert np.all(np.diff(r["score"].to_numpy()) <= 1e-15)
+
+
+# ---- token-set specs and figures ----------------------------------------------------------------
+def test_token_sets_from_specs() -> None:
+    tr = dataclasses.replace(
+        hand_trace(),
+        in_target=np.array([False, True, True, True, False]),
+        prompt_sets=np.array(["A", "A", "B"], dtype=object),
+    )
+    t, c = lo.token_sets_from_specs(tr, "label:t", "rest")
+    assert (t.num_tokens, c.num_tokens) == (3, 2)
+    t, c = lo.token_sets_from_specs(tr, "set:B", "set:A")
+    assert (t.num_tokens, c.num_tokens) == (2, 3)
+    t, c = lo.token_sets_from_specs(tr, "target", "rest")  # seq1 has no 'rest' tokens: dropped
+    assert list(t.seq_ids) == [0, 2] and list(c.seq_ids) == [0, 2]
+    other = dataclasses.replace(hand_trace(), run_id="other")
+    loaded: list[str] = []
+
+    def load(name: str) -> Trace:
+        loaded.append(name)
+        return other
+
+    t, c = lo.token_sets_from_specs(tr, "label:c", "run:other", load_run=load)
+    assert loaded == ["other"] and c.num_tokens == 5 and t.num_tokens == 2
+    for bad, msg in (
+        ("labl:x", "cannot read token-set spec"),
+        ("label:", "cannot read token-set spec"),
+        ("target:x", "cannot read token-set spec"),
+    ):
+        with pytest.raises(InvalidParameterError, match=msg):
+            lo.token_sets_from_specs(tr, bad, "rest")
+    with pytest.raises(InvalidParameterError, match="only be the control"):
+        lo.token_sets_from_specs(tr, "rest", "label:c")
+    with pytest.raises(InvalidParameterError, match="'rest' needs"):
+        lo.token_sets_from_specs(tr, "run:other", "rest", load_run=load)
+    with pytest.raises(InvalidParameterError, match="need a database"):
+        lo.token_sets_from_specs(tr, "label:t", "run:x")
+
+
+def test_rd_heatmap_shows_the_scores(tmp_path) -> None:  # noqa: ANN001
+    from routescope.analysis import figures_experts as fx
+
+    tr = synthetic(1, planted=((1, 2),), boost=0.6)
+    r = lo.localize(*lo.split_labels(tr, "t", "c"), n_boot=20, n_perm=400)
+    fig = fx.rd_heatmap(r)
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (2, 8)
+    for layer, expert, score in zip(r["layer"], r["expert"], r["score"], strict=True):
+        assert z[layer, expert] == pytest.approx(score)
+    marked = set(zip(fig.data[1].y, fig.data[1].x, strict=True))  # q < 0.05 markers
+    assert ("1", 2) in marked and len(marked) == int((r["q_value"] < 0.05).sum())
+    out = fx.write_html([fig, fx.rd_heatmap(r, title="again")], tmp_path / "f.html")
+    text = out.read_text()
+    assert text.count('<script type="text/javascript">/**') <= 1 and "again" in text

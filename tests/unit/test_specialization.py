@@ -271,3 +271,22 @@ def test_empty_trace_is_a_clear_error() -> None:
     empty = tiny().select_tokens(np.zeros(5, dtype=bool))
     with pytest.raises(InvalidParameterError, match="no tokens"):
         sp.expert_load(empty)
+
+
+def test_heatmaps_show_the_numbers() -> None:
+    from routescope.analysis import figures_experts as fx
+
+    tr = random_trace(3)
+    load = sp.expert_load(tr)
+    z = np.asarray(fx.load_heatmap(load).data[0].z, dtype=float)
+    for layer, expert, share in zip(load["layer"], load["expert"], load["share"], strict=True):
+        assert z[layer, expert] == pytest.approx(share)
+    dom = sp.domain_specialization(tr)
+    fig = fx.domain_heatmap(dom, layer=1)
+    assert list(fig.data[0].y) == ["x", "y", "z"]
+    zz = np.asarray(fig.data[0].z, dtype=float)
+    assert zz[1, 4] == pytest.approx(get(dom, label="y", layer=1, expert=4)["ratio_uniform"])
+    co = sp.coactivation(tr, 0)
+    zc = np.asarray(fx.coactivation_heatmap(co).data[0].z, dtype=float)
+    assert np.isnan(np.diag(zc)).all()
+    assert zc[0, 1] == pytest.approx(get(co, expert_i=0, expert_j=1)["rate"] or np.nan, nan_ok=True)
