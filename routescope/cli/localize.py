@@ -219,8 +219,6 @@ def localize_cmd(
             "weight": weight,
             "seed": seed,
         }
-        if not needs_base:
-            params["runs"] = [t_set.run_id, c_set.run_id]
 
         def compute():  # noqa: ANN202
             with Progress(
@@ -241,7 +239,13 @@ def localize_cmd(
                     progress=lambda n: bar.advance(task, n),
                 )
 
-        result = store.cached_result(run_id, "localize", params, compute)
+        # A run: spec reads another run whose writes would not clear this run's cache entries.
+        uses_other_run = "run:" in target or "run:" in control
+        result = (
+            compute()
+            if uses_other_run
+            else store.cached_result(run_id, "localize", params, compute)
+        )
     shown = result if top <= 0 else result.head(top)
     if spec_out is not None:
         spec = lo.steering_spec_from_ranking(result, top=top if top > 0 else 10**9, q_max=q_max)
