@@ -108,6 +108,25 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
     ),
     "granitemoe": ({"num_local_experts": 6, "num_experts_per_tok": 2}, [0, 1, 2]),
     "phimoe": ({"num_local_experts": 4, "num_experts_per_tok": 2}, [0, 1, 2]),
+    "glm4_moe": (
+        {
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 16,
+            "first_k_dense_replace": 1,
+            "head_dim": 8,
+            "n_group": 2,
+            "topk_group": 1,
+            "routed_scaling_factor": 1.5,
+        },
+        [1, 2],
+    ),
+    "granitemoeshared": (
+        {"num_local_experts": 6, "num_experts_per_tok": 2, "shared_intermediate_size": 16},
+        [0, 1, 2],
+    ),
+    "flex_olmo": ({"num_experts": 8, "num_experts_per_tok": 2}, [0, 1, 2]),
 }
 
 FAMILIES = list(TINY_CONFIGS)
@@ -123,6 +142,9 @@ ROUTER_ATTR: dict[str, str] = {
     "gpt_oss": "mlp.router",
     "granitemoe": "block_sparse_moe.router",
     "phimoe": "mlp.router",
+    "glm4_moe": "mlp.gate",
+    "granitemoeshared": "block_sparse_moe.router",
+    "flex_olmo": "mlp.gate",
 }
 
 
@@ -188,7 +210,7 @@ def reference_capture(model: torch.nn.Module, family: str, seq: list[int]) -> Re
     for layer in layers:
         mod, lg, w, idx = captured[layer]
         lg = lg.float()
-        if family == "deepseek_v3":
+        if family in ("deepseek_v3", "glm4_moe"):
             key = torch.sigmoid(lg) + mod.e_score_correction_bias.float()
         else:  # softmax, top-k-then-softmax and sparsemixer all rank by the raw logit
             key = lg
@@ -230,7 +252,8 @@ def test_layout_and_metadata(tiny) -> None:
     router = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
     assert lm.num_experts == router.num_experts
     assert lm.router_modules()[0] is router
-    expected_shared = {"qwen2_moe": 1, "deepseek_v2": 1, "deepseek_v3": 1}.get(family, 0)
+    with_shared = ("qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "granitemoeshared")
+    expected_shared = 1 if family in with_shared else 0
     assert lm.num_shared_experts == expected_shared
 
 
@@ -284,7 +307,7 @@ def test_full_probs(tiny) -> None:
     assert rec.probs.shape == (rec.num_tokens, len(lm.moe_layers), lm.num_experts)
     ref = reference_capture(model, family, PROMPTS[1])
     probs = rec.probs[rec.sequence(1)]
-    if family == "deepseek_v3":  # documented: independent sigmoid scores
+    if family in ("deepseek_v3", "glm4_moe"):  # documented: independent sigmoid scores
         expected = 1.0 / (1.0 + np.exp(-ref.logits))
     else:
         z = np.exp(ref.logits - ref.logits.max(-1, keepdims=True))

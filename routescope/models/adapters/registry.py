@@ -8,8 +8,11 @@ from routescope.errors import UnsupportedModelError
 from routescope.models.adapters.base import MoEAdapter
 from routescope.models.adapters.deepseek_v2 import DeepseekV2Adapter
 from routescope.models.adapters.deepseek_v3 import DeepseekV3Adapter
+from routescope.models.adapters.flex_olmo import FlexOlmoAdapter
+from routescope.models.adapters.glm4_moe import Glm4MoeAdapter
 from routescope.models.adapters.gpt_oss import GptOssAdapter
 from routescope.models.adapters.granitemoe import GraniteMoeAdapter
+from routescope.models.adapters.granitemoeshared import GraniteMoeSharedAdapter
 from routescope.models.adapters.mixtral import MixtralAdapter
 from routescope.models.adapters.olmoe import OlmoeAdapter
 from routescope.models.adapters.phimoe import PhimoeAdapter
@@ -28,6 +31,9 @@ ADAPTERS: dict[str, type[MoEAdapter]] = {
         GptOssAdapter,
         GraniteMoeAdapter,
         PhimoeAdapter,
+        Glm4MoeAdapter,
+        GraniteMoeSharedAdapter,
+        FlexOlmoAdapter,
     )
 }
 
