@@ -486,3 +486,30 @@ def test_rd_heatmap_shows_the_scores(tmp_path) -> None:  # noqa: ANN001
     out = fx.write_html([fig, fx.rd_heatmap(r, title="again")], tmp_path / "f.html")
     text = out.read_text()
     assert text.count('<script type="text/javascript">/**') <= 1 and "again" in text
+
+
+def test_cli_two_runs_over_the_same_prompts(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from typer.testing import CliRunner
+
+    from routescope.cli import app
+
+    base = synthetic(4, n_prompts=6, n_layers=1)
+    # The "steered" run: same prompts and tokens, every expert id shifted by one.
+    steered = dataclasses.replace(base, experts=((base.experts + 1) % 8).astype(np.int16))
+    db = tmp_path / "two.duckdb"
+    write_db(db, base, "a")
+    write_db(db, steered, "b")
+    res = CliRunner().invoke(
+        app,
+        ["localize", "--db", str(db), "--target", "run:b", "--control", "run:a", "--json", "-q"]
+        + ["--top", "0", "--n-boot", "20", "--n-perm", "20"],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["paired"] and out["prompts1"] == out["prompts2"] == 12
+    p1 = (steered.experts[:, 0, :] == 0).any(axis=1).mean()
+    p2 = (base.experts[:, 0, :] == 0).any(axis=1).mean()
+    got = next(r for r in out["results"] if r["expert"] == 0)
+    assert got["rd"] == pytest.approx(p1 - p2)
