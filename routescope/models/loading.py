@@ -142,6 +142,12 @@ def load_model(
     """
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
+    model = os.path.expanduser(model)
+    looks_like_path = model.startswith(("/", "./", "../")) or model.count("/") > 1
+    if looks_like_path and not os.path.exists(model):
+        raise ModelLoadError(
+            f"model path {model!r} does not exist: pass a model directory or hub id"
+        )
     if os.path.exists(model) and not os.path.isfile(os.path.join(model, "config.json")):
         raise ModelLoadError(
             f"{model!r} is not a model directory (no config.json): pass a directory saved with "

@@ -190,7 +190,13 @@ class Reference:
 
 def reference_capture(model: torch.nn.Module, family: str, seq: list[int]) -> Reference:
     """Run ``seq`` alone through the plain HF model, capturing router outputs with torch hooks."""
-    layers = TINY_CONFIGS[family][1]
+    return reference_capture_layers(model, family, seq, TINY_CONFIGS[family][1])
+
+
+def reference_capture_layers(
+    model: torch.nn.Module, family: str, seq: list[int], layers: list[int]
+) -> Reference:
+    """``reference_capture`` over the given MoE ``layers``."""
     captured: dict[int, tuple] = {}
     handles = []
     for layer in layers:
@@ -427,6 +433,12 @@ def test_unsupported_and_dense_models_fail_clearly(tmp_path) -> None:
         load_model(str(tmp_path))
     with pytest.raises(ModelLoadError, match="not a model directory"):
         load_model(str(tmp_path / "notes.txt"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "missing" / "model"))
+    with pytest.raises(ModelLoadError, match="cannot load model 'no-such-org/no-such-model'"):
+        load_model("no-such-org/no-such-model")  # offline: fails fast, one line
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model(str(tmp_path), dtype="int3")
 
 
 def test_load_model_from_saved_directory(tmp_path) -> None:
@@ -463,3 +475,32 @@ def test_bfloat16_weights_are_the_ones_the_model_used(family_name: str) -> None:
     ref = reference_capture(model, family_name, PROMPTS[0])
     np.testing.assert_array_equal(rec.experts.astype(np.int64), ref.experts)
     np.testing.assert_array_equal(rec.weights, ref.weights)
+
+
+@pytest.mark.parametrize(
+    ("family_name", "overrides", "moe_layers"),
+    [
+        ("deepseek_v2", {"topk_method": "greedy"}, [1, 2]),
+        ("deepseek_v2", {"first_k_dense_replace": 0}, [0, 1, 2]),
+        ("deepseek_v3", {"norm_topk_prob": False, "first_k_dense_replace": 2}, [2]),
+        ("qwen3_moe", {"decoder_sparse_step": 2}, [1]),
+        ("qwen2_moe", {"mlp_only_layers": [], "norm_topk_prob": False}, [0, 1, 2]),
+        ("olmoe", {"norm_topk_prob": True}, [0, 1, 2]),
+    ],
+)
+def test_config_variants(family_name: str, overrides: dict, moe_layers: list[int]) -> None:
+    """Dense/MoE layer rules and routing options are read from the config, not assumed."""
+    model = build_tiny(family_name, **overrides)
+    lm = LoadedModel.from_model(model)
+    assert lm.moe_layers == moe_layers
+    for layer in range(3):
+        has_router = True
+        try:
+            model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family_name]}")
+        except AttributeError:
+            has_router = False
+        assert has_router == (layer in moe_layers)
+    rec = collect_batch(lm, PROMPTS[1:])
+    for b, seq in enumerate(PROMPTS[1:]):
+        ref = reference_capture_layers(model, family_name, seq, moe_layers)
+        check_rows_match(rec, b, ref, len(seq))
