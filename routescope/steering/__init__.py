@@ -1,5 +1,15 @@
 """routescope.steering: steering specs, interventions on routing, evaluation and presets."""
 
+from routescope.steering.evaluate import (
+    EvalSet,
+    LoglikChange,
+    RandomBaseline,
+    SideBySide,
+    loglik_change,
+    random_baseline,
+    random_spec,
+    side_by_side,
+)
 from routescope.steering.interventions import (
     LayerEdit,
     SpecEdit,
@@ -12,6 +22,14 @@ from routescope.steering.spec import Edit, ModelShape, SteeringSpec, SteeringSpe
 
 __all__ = [
     "Edit",
+    "EvalSet",
+    "LoglikChange",
+    "RandomBaseline",
+    "SideBySide",
+    "loglik_change",
+    "random_baseline",
+    "random_spec",
+    "side_by_side",
     "LayerEdit",
     "ModelShape",
     "SpecEdit",
