@@ -40,11 +40,20 @@ def specialization_cmd(
     phase: str = typer.Option("all", help="prefill, decode or all."),
     top: int = typer.Option(5, help="Most specialized experts to list per group."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    plot: Path | None = typer.Option(None, help="Write plotly HTML (load + specialization)."),
+    plot: Path | None = typer.Option(
+        None, help="Write plotly HTML (load, domain specialization, co-activation)."
+    ),
+    vocab: bool = typer.Option(
+        False,
+        "--vocab",
+        help="Also list the tokens each expert dominates (at --layer or the first).",
+    ),
+    min_count: int = typer.Option(10, help="--vocab: only token ids seen at least this often."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No status messages."),
 ) -> None:
     """Expert load balance and domain specialization (OLMoE's share of a group's tokens per expert
-    against the uniform level k/E; moe-lrc's coefficient of variation across groups)."""
+    against the uniform level k/E; moe-lrc's coefficient of variation across groups); with
+    --vocab, OLMoE's vocabulary specialization."""
     import polars as pl
     from rich.console import Console
 
@@ -88,6 +97,22 @@ def specialization_cmd(
             if n_groups >= 2
             else None
         )
+        focus = layer if layer is not None else store.moe_layers(run_id)[0]
+        vocab_rows = None
+        if vocab:
+            voc = store.cached_result(
+                run_id,
+                "spec.vocab",
+                {"phase": phase, "layer": focus, "min_count": min_count},
+                lambda: sp.vocabulary_specialization(
+                    trace().select_layers([focus]), min_count=min_count
+                ),
+            )
+            strings = store.token_strings(run_id)
+            vocab_rows = sp.expert_top_tokens(voc, top=5).with_columns(
+                pl.col("token_id").replace_strict(strings, default=None).alias("token")
+            )
+        coact = sp.coactivation(trace(), focus) if plot is not None else None
     top_rows = (
         None
         if domain is None
@@ -104,9 +129,13 @@ def specialization_cmd(
             "domain_cv": None if cv is None else _jsonable(cv.to_dicts()),
             "top_specialized": None if top_rows is None else _jsonable(top_rows.to_dicts()),
         }
+        if vocab_rows is not None:
+            out["vocabulary"] = _jsonable(vocab_rows.to_dicts())
         typer.echo(json.dumps(out, indent=2))
     else:
         _print_specialization(run_id, by, summary, cv, top_rows)
+        if vocab_rows is not None:
+            _print_vocab(vocab_rows, focus, min_count)
         if domain is None:
             err.print(f"no domain specialization: {no_domain}", highlight=False)
     if plot is not None:
@@ -124,8 +153,30 @@ def specialization_cmd(
                 )
             )
             figs.append(fx.domain_heatmap(domain, show_layer, by=by))
+        if coact is not None:
+            figs.append(fx.coactivation_heatmap(coact))
         fx.write_html(figs, plot)
         err.print(f"wrote {plot}", highlight=False)
+
+
+def _print_vocab(rows, layer: int, min_count: int) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"tokens each expert dominates at layer {layer} "
+        f"(share of the token's occurrences routed to it; ids seen ≥ {min_count}×)"
+    )
+    t.add_column("expert", justify="right")
+    t.add_column("top tokens")
+    for expert in sorted(set(rows["expert"].to_list())):
+        sub = rows.filter(rows["expert"] == expert)
+        cells = [
+            f"{(tok if tok is not None else '#' + str(tid))!r} {share:.2f}"
+            for tid, tok, share in zip(sub["token_id"], sub["token"], sub["share"], strict=True)
+        ]
+        t.add_row(str(expert), ", ".join(cells))
+    Console().print(t)
 
 
 def _print_specialization(run_id, by, summary, cv, top_rows) -> None:  # noqa: ANN001

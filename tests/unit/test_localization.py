@@ -378,6 +378,17 @@ def test_cli_localize_and_specialization(tmp_path) -> None:  # noqa: ANN001
     share = (t_only.experts[:, col, :] == best_t["expert"]).any(axis=1).mean()
     assert best_t["share"] == pytest.approx(share)
     assert len(sj["load_summary"]) == 2 and len(sj["domain_cv"]) == 2
+    voc = runner.invoke(
+        app,
+        ["analyze", "specialization", "syn", "--db", str(db), "--json", "--vocab"]
+        + ["--min-count", "1"],
+    )
+    assert voc.exit_code == 0, voc.output
+    rows = json.loads(voc.stdout)["vocabulary"]
+    # Synthetic token ids are all 0: its share for expert 3 is expert 3's rate at layer 0.
+    r3 = next(r for r in rows if r["expert"] == 3)
+    assert r3["layer"] == 0 and r3["token_id"] == 0 and r3["occurrences"] == tr.num_tokens
+    assert r3["share"] == pytest.approx((tr.experts[:, 0, :] == 3).any(axis=1).mean())
     html = tmp_path / "spec.html"
     spec_res = runner.invoke(
         app,
