@@ -1,0 +1,350 @@
+"""Helpers every dashboard page uses: the database path, short-lived store connections, cached
+loads keyed by (db, file version, run, parameters), the empty-store message, expert notes.
+
+The app never keeps a DuckDB connection open between reruns: DuckDB lets one process open a file
+for writing and nobody else open it meanwhile, so holding a reader open would stall a collection
+job, and a job holding the file would stall the app. Each read opens, reads and closes
+(`connect_store` retries while a writer holds the lock); results are cached by the file's
+modification stamp, so a page rerun normally touches no file at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import polars as pl
+import streamlit as st
+
+from routescope.errors import RoutescopeError
+from routescope.store.trace import Trace
+
+DB_ENV = "ROUTESCOPE_DB"
+DEFAULT_DB = "routescope.duckdb"
+RUN_KEY = "run_id"
+
+T = TypeVar("T")
+
+
+# ---- where the data is --------------------------------------------------------------------------
+def _db_from_argv(argv: list[str]) -> str | None:
+    """`streamlit run app/main.py -- --db PATH` (or --db=PATH)."""
+    for i, arg in enumerate(argv):
+        if arg == "--db" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--db="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def default_db() -> str:
+    """The db path given at launch: $ROUTESCOPE_DB, else `-- --db PATH`, else routescope.duckdb."""
+    return os.environ.get(DB_ENV) or _db_from_argv(sys.argv[1:]) or DEFAULT_DB
+
+
+def db_path() -> str:
+    """The database this session reads (the sidebar can switch it)."""
+    return str(st.session_state.get("db_path") or default_db())
+
+
+def store_version(db: str) -> str:
+    """A stamp that changes whenever the store's files change (cache key for every load)."""
+    p = Path(db)
+    if p.is_dir():
+        stamps = [f.stat().st_mtime_ns for f in p.rglob("*.parquet")]
+        return f"dir:{max(stamps, default=0)}:{len(stamps)}"
+    parts = []
+    for f in (p, Path(f"{db}.wal")):
+        try:
+            s = f.stat()
+            parts.append(f"{s.st_mtime_ns}:{s.st_size}")
+        except FileNotFoundError:
+            parts.append("-")
+    return "|".join(parts)
+
+
+def is_parquet(db: str) -> bool:
+    """A Parquet export directory: readable, but notes and presets cannot be saved there."""
+    return Path(db).is_dir()
+
+
+@contextmanager
+def open_store(db: str, write: bool = False) -> Iterator[Any]:
+    """A `RoutingStore` over a fresh connection, closed on exit (releases the file lock)."""
+    from routescope.store.dataset import connect_store
+    from routescope.store.store import RoutingStore
+
+    con = connect_store(db, read_only=not write)
+    try:
+        yield RoutingStore(db, read_only=not write, connection=con)
+    finally:
+        con.close()
+
+
+def read(db: str, fn: Callable[[Any], T]) -> T:
+    """Open the store read-only, apply fn(store), close."""
+    with open_store(db) as store:
+        return fn(store)
+
+
+# ---- cached loads (keys: db path, file stamp, run, parameters) ---------------------------------
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_runs(db: str, version: str) -> pl.DataFrame:
+    """The store's runs (empty frame when the database has no runs table yet)."""
+    return read(db, lambda s: s.runs())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_run_info(db: str, version: str, run_id: str) -> dict[str, Any]:
+    return read(db, lambda s: s.run_info(run_id))
+
+
+@st.cache_resource(show_spinner="Loading the run's routing…", max_entries=8)
+def load_trace(db: str, version: str, run_id: str, phase: str = "all") -> Trace:
+    """The run's Trace (kept as one shared object: traces are large and immutable)."""
+    return read(db, lambda s: s.load_trace(run_id, phase=phase))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_token_strings(db: str, version: str, run_id: str) -> dict[int, str]:
+    return read(db, lambda s: s.token_strings(run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_sequences(db: str, version: str, run_id: str) -> pl.DataFrame:
+    return read(db, lambda s: s.sequences(run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_notes(db: str, version: str, model_id: str) -> dict[tuple[int, int], tuple[str, str]]:
+    """(layer, expert) → (label, note) of the model's annotated experts."""
+
+    def q(store: Any) -> dict[tuple[int, int], tuple[str, str]]:
+        rows = store.con.execute(
+            "SELECT layer, expert, coalesce(label, ''), coalesce(note, '') FROM expert_notes "
+            "WHERE model_id = ?",
+            [model_id],
+        ).fetchall()
+        return {(int(r[0]), int(r[1])): (str(r[2]), str(r[3])) for r in rows}
+
+    return read(db, q)
+
+
+def note_labels(notes: dict[tuple[int, int], tuple[str, str]]) -> dict[tuple[int, int], str]:
+    """(layer, expert) → label (or the note's first words when unlabelled), for hover texts."""
+    out = {}
+    for key, (label, note) in notes.items():
+        text = label or note[:40]
+        if text:
+            out[key] = text
+    return out
+
+
+def save_note(db: str, model_id: str, layer: int, expert: int, label: str, note: str) -> None:
+    """Upsert one expert's annotation (opens the file for writing only for this statement)."""
+    with open_store(db, write=True) as store:
+        store.con.execute(
+            "INSERT OR REPLACE INTO expert_notes (model_id, layer, expert, label, note, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, current_timestamp)",
+            [model_id, int(layer), int(expert), label.strip(), note.strip()],
+        )
+    load_notes.clear()
+
+
+# ---- page scaffolding ---------------------------------------------------------------------------
+DEMO_HELP = """\
+To get started, record the demo model's routing (a small MoE model shipped with routescope) and
+open it here:
+
+```bash
+routescope demo                 # collects the demo model's routing into routescope.duckdb
+routescope app --db routescope.duckdb
+```
+
+Or record your own model with `routescope collect collectors/demo.toml --model PATH_OR_HUB_ID`
+and point the sidebar's database field at the file it wrote.
+"""
+
+
+def empty_state(db: str, why: str) -> None:
+    """What an empty or missing store shows: how to make one, not an error."""
+    st.info(f"{why}\n\n{DEMO_HELP}")
+
+
+def current_run() -> tuple[str, str, str] | None:
+    """(db, version, run_id) of the run picked in the sidebar, or None (after showing why)."""
+    db = db_path()
+    run_id = st.session_state.get(RUN_KEY)
+    if not run_id:
+        if not Path(db).exists():
+            empty_state(db, f"No routing database at `{db}` yet.")
+        else:
+            empty_state(db, f"The database `{db}` holds no runs yet.")
+        return None
+    return db, store_version(db), str(run_id)
+
+
+def show_error(exc: BaseException) -> None:
+    """A user-fixable problem as one line (the library's RoutescopeError message)."""
+    st.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Show a RoutescopeError as one line instead of a traceback, and stop the page."""
+    try:
+        yield
+    except RoutescopeError as exc:
+        show_error(exc)
+        st.stop()
+
+
+def flash(message: str) -> None:
+    """A success message that survives the st.rerun() after a save."""
+    st.session_state["_flash"] = message
+
+
+def show_flash() -> None:
+    """Show (once) the message left by `flash`."""
+    msg = st.session_state.pop("_flash", None)
+    if msg:
+        st.success(msg)
+
+
+def _sync(widget_key: str, state_key: str) -> None:
+    st.session_state[state_key] = st.session_state[widget_key]
+
+
+def run_picker(db: str) -> str | None:
+    """Sidebar: the database path and the run. The choice lives in plain session_state keys
+    (widget keys are per page under st.navigation), so it is kept across pages."""
+    if not st.session_state.get("db_path"):
+        st.session_state["db_path"] = db
+    st.session_state["_db_widget"] = st.session_state["db_path"]
+    st.sidebar.text_input(
+        "Database",
+        key="_db_widget",
+        on_change=_sync,
+        args=("_db_widget", "db_path"),
+        help="A DuckDB file written by `routescope collect`, or a Parquet export directory.",
+    )
+    db = db_path()
+    if not Path(db).exists():
+        st.sidebar.caption("no database at this path")
+        st.session_state[RUN_KEY] = None
+        return None
+    try:
+        runs = load_runs(db, store_version(db))
+    except RoutescopeError as exc:
+        st.sidebar.error(str(exc).splitlines()[0])
+        st.session_state[RUN_KEY] = None
+        return None
+    if runs.height == 0:
+        st.sidebar.caption("the database holds no runs")
+        st.session_state[RUN_KEY] = None
+        return None
+    ids = runs["run_id"].to_list()
+    labels = {
+        r["run_id"]: f"{r['name'] or r['run_id']} · {r['model_id']} · {r['tokens']:,} tok"
+        for r in runs.iter_rows(named=True)
+    }
+    if st.session_state.get(RUN_KEY) not in ids:
+        st.session_state[RUN_KEY] = ids[0]
+    st.session_state["_run_widget"] = st.session_state[RUN_KEY]
+    st.sidebar.selectbox(
+        "Run",
+        ids,
+        key="_run_widget",
+        format_func=lambda r: labels.get(r, r),
+        on_change=_sync,
+        args=("_run_widget", RUN_KEY),
+    )
+    return st.session_state[RUN_KEY]
+
+
+def layer_select(layers: list[int], key: str, label: str = "Layer") -> int:
+    """A layer picker whose choice is kept (in session_state[key]) when the user comes back."""
+    if st.session_state.get(key) not in layers:
+        st.session_state[key] = layers[len(layers) // 2]
+    st.session_state[f"_{key}_widget"] = st.session_state[key]
+    return int(
+        st.selectbox(
+            label, layers, key=f"_{key}_widget", on_change=_sync, args=(f"_{key}_widget", key)
+        )
+    )
+
+
+def plot(fig: Any, key: str) -> None:
+    """A plotly chart at full width."""
+    st.plotly_chart(fig, key=key, width="stretch")
+
+
+# ---- steering presets ---------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_presets(db: str, version: str, model_id: str | None = None) -> pl.DataFrame:
+    """steering_presets rows (all, or the model's), newest edit first; spec as JSON text."""
+    where, params = ("WHERE model_id = ?", [model_id]) if model_id else ("", [])
+    return read(
+        db,
+        lambda s: s.table(
+            "SELECT preset_id, name, model_id, CAST(spec AS VARCHAR) AS spec, created_at, "
+            f"updated_at FROM steering_presets {where} ORDER BY updated_at DESC, name",
+            params,
+        ),
+    )
+
+
+def save_preset(db: str, name: str, model_id: str, spec: Any, preset_id: str | None = None) -> str:
+    """Create (preset_id None) or update a preset; returns its id. The spec is a validated
+    `SteeringSpec`; names are unique, and a clash is a one-line error."""
+    import uuid
+
+    from routescope.errors import InvalidParameterError
+
+    name = name.strip()
+    if not name:
+        raise InvalidParameterError("a preset needs a name; type one above")
+    with open_store(db, write=True) as store:
+        clash = store.con.execute(
+            "SELECT preset_id FROM steering_presets WHERE name = ? AND preset_id IS DISTINCT FROM ?",
+            [name, preset_id],
+        ).fetchall()
+        if clash:
+            raise InvalidParameterError(
+                f"a preset named {name!r} exists already; pick another name or edit that one"
+            )
+        if preset_id is None:
+            preset_id = uuid.uuid4().hex[:12]
+            store.con.execute(
+                "INSERT INTO steering_presets (preset_id, name, model_id, spec) VALUES (?, ?, ?, ?)",
+                [preset_id, name, model_id, spec.to_json()],
+            )
+        else:
+            store.con.execute(
+                "UPDATE steering_presets SET name = ?, spec = ?, updated_at = current_timestamp "
+                "WHERE preset_id = ?",
+                [name, spec.to_json(), preset_id],
+            )
+    load_presets.clear()
+    return preset_id
+
+
+def delete_preset(db: str, preset_id: str) -> None:
+    with open_store(db, write=True) as store:
+        store.con.execute("DELETE FROM steering_presets WHERE preset_id = ?", [preset_id])
+    load_presets.clear()
+
+
+def model_shape(info: dict[str, Any]) -> Any:
+    """The run's `ModelShape` (what a steering spec is validated against)."""
+    from routescope.steering.spec import ModelShape
+
+    return ModelShape(
+        moe_layers=tuple(int(x) for x in info["moe_layers"]),
+        num_experts=int(info["num_experts"]),
+        top_k=int(info["top_k"]),
+    )

@@ -1,0 +1,114 @@
+"""Locality and caching: SRP and SCH against segment length and cache size, and expert-cache hit
+rates per policy against capacity with the Belady bound, per layer or pooled, prefill and decode."""
+
+from __future__ import annotations
+
+import _shared as sh
+import polars as pl
+import streamlit as st
+
+from routescope.analysis import cache, consistency
+from routescope.analysis.figures_app import cache_figure, sch_figure, srp_figure
+
+
+@st.cache_data(show_spinner="Computing SRP…")
+def _srp(db: str, version: str, run_id: str, phase: str, segs: tuple[int, ...]) -> pl.DataFrame:
+    return consistency.srp(sh.load_trace(db, version, run_id), segs, phase=phase)
+
+
+@st.cache_data(show_spinner="Computing SCH…")
+def _sch(
+    db: str, version: str, run_id: str, phase: str, segs: tuple[int, ...], kind: str
+) -> pl.DataFrame:
+    return consistency.sch(sh.load_trace(db, version, run_id), segs, kind=kind, phase=phase)
+
+
+@st.cache_data(show_spinner="Computing repetition rates…")
+def _repetition(db: str, version: str, run_id: str, phase: str) -> pl.DataFrame:
+    return consistency.repetition_rates(sh.load_trace(db, version, run_id), phase=phase)
+
+
+@st.cache_data(show_spinner="Simulating expert caches…")
+def _cache(
+    db: str, version: str, run_id: str, policies: tuple[str, ...], service: str, start: str
+) -> pl.DataFrame:
+    return cache.cache_hit_rates(
+        sh.load_trace(db, version, run_id), policies=policies, service=service, start=start
+    )
+
+
+st.title("Locality and caching")
+run = sh.current_run()
+if run is None:
+    st.stop()
+db, version, run_id = run
+with sh.guarded():
+    trace = sh.load_trace(db, version, run_id)
+layers = list(trace.layers)
+where_options: list[int | None] = [None, *layers]
+
+
+def _where(x: int | None) -> str:
+    return "all layers pooled" if x is None else f"layer {x}"
+
+
+c1, c2 = st.columns(2)
+with c1:
+    where = st.selectbox("Layer", where_options, format_func=_where, key="locality_layer")
+with c2:
+    phase = st.selectbox("Phase (SRP, SCH)", ["prefill", "decode", "all"], key="locality_phase")
+
+st.subheader("Local routing consistency")
+segs = st.multiselect(
+    "Segment lengths L",
+    [2, 4, 8, 16, 32, 64, 128, 256],
+    default=[2, 4, 8, 16],
+    key="segment_lengths",
+)
+if not segs:
+    st.info("Pick at least one segment length.")
+    st.stop()
+kind = st.radio("SCH cache", ["segment-oracle", "lookahead"], horizontal=True, key="sch_kind")
+with sh.guarded():
+    srp_df = _srp(db, version, run_id, phase, tuple(sorted(segs)))
+    sch_df = _sch(db, version, run_id, phase, tuple(sorted(segs)), kind)
+    rep = _repetition(db, version, run_id, phase)
+left, right = st.columns(2)
+with left:
+    sh.plot(srp_figure(srp_df, where), key="srp_chart")
+with right:
+    sh.plot(sch_figure(sch_df, where), key="sch_chart")
+st.dataframe(
+    srp_df.filter(pl.col("layer").is_null() if where is None else pl.col("layer") == where),
+    hide_index=True,
+    key="srp_table",
+)
+st.caption("Repetition of consecutive tokens' routing (chance levels beside each rate)")
+st.dataframe(rep, hide_index=True, key="repetition_table")
+
+st.subheader("Expert-cache hit rates")
+c1, c2, c3 = st.columns(3)
+with c1:
+    policies = st.multiselect(
+        "Policies", list(cache.DEFAULT_POLICIES), default=list(cache.DEFAULT_POLICIES)
+    )
+with c2:
+    service = st.selectbox("Service", ["stream", "token", "simultaneous"], key="cache_service")
+with c3:
+    start = st.selectbox("Start", ["cold", "warm"], key="cache_start")
+if service == "simultaneous":
+    policies = [p for p in policies if p != "belady-bypass"]
+if "belady" not in policies:
+    policies = [*policies, "belady"]  # the bound is always drawn
+with sh.guarded():
+    hits = _cache(db, version, run_id, tuple(policies), service, start)
+phases = [p for p in ("prefill", "decode") if hits.filter(pl.col("phase") == p).height]
+cols = st.columns(len(phases) or 1)
+for col, ph in zip(cols, phases, strict=False):
+    with col:
+        sh.plot(cache_figure(hits, ph, where), key=f"cache_chart_{ph}")
+if service == "token":
+    st.caption(
+        "token service is the moe-lrc accounting: its 'belady' is that paper's convention, "
+        "not always an upper bound."
+    )

@@ -1,0 +1,318 @@
+"""Plotly figures the dashboard needs beyond `figures_experts`: token routing, load entropy,
+SRP/SCH curves, cache hit-rate curves, and expert annotations in hover text.
+
+Builders take numpy arrays or the polars frames the analyses return and give back
+`plotly.graph_objects.Figure`s; they compute nothing but layout (no streamlit here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.colors as pc
+import plotly.graph_objects as go
+import polars as pl
+
+#: (layer, expert) → short label of the expert, from the store's expert_notes table.
+Notes = Mapping[tuple[int, int], str]
+
+
+def expert_colors(num_experts: int) -> list[str]:
+    """One distinct colour per expert id (cycled qualitative palettes)."""
+    base = pc.qualitative.Dark24 + pc.qualitative.Light24 + pc.qualitative.Alphabet
+    return [base[i % len(base)] for i in range(num_experts)]
+
+
+def _note(notes: Notes | None, layer: int, expert: int) -> str:
+    label = (notes or {}).get((int(layer), int(expert)))
+    return f" [{label}]" if label else ""
+
+
+def token_cell_text(
+    experts: np.ndarray, weights: np.ndarray, layer: int, notes: Notes | None = None
+) -> str:
+    """'e3 0.41 [label], e7 0.22' for one token's k experts at one layer (rank order)."""
+    return ", ".join(
+        f"e{int(e)} {float(w):.2f}{_note(notes, layer, int(e))}"
+        for e, w in zip(experts, weights, strict=True)
+    )
+
+
+def token_route_text(
+    experts: np.ndarray,
+    weights: np.ndarray,
+    layers: Sequence[int],
+    notes: Notes | None = None,
+    sep: str = "<br>",
+) -> str:
+    """All experts and weights of one token at every layer: experts/weights are [L, k]."""
+    return sep.join(
+        f"L{layer}: {token_cell_text(experts[i], weights[i], layer, notes)}"
+        for i, layer in enumerate(layers)
+    )
+
+
+def token_route_heatmap(
+    experts: np.ndarray,
+    weights: np.ndarray,
+    layers: Sequence[int],
+    tokens: Sequence[str],
+    num_experts: int,
+    notes: Notes | None = None,
+) -> go.Figure:
+    """Token × layer heatmap of one sequence's top-1 expert ids ([T, L, k] arrays); hovering a
+    cell shows the token, and its experts and weights at every layer (the hovered one first)."""
+    t, n_layers, _ = experts.shape
+    z = experts[:, :, 0].T.astype(float)  # [L, T]
+    per_token = [token_route_text(experts[i], weights[i], layers, notes) for i in range(t)]
+    text = [
+        [
+            f"pos {i} {tokens[i]!r}<br><b>layer {layer}: "
+            f"{token_cell_text(experts[i, j], weights[i, j], layer, notes)}</b><br>"
+            f"{per_token[i]}"
+            for i in range(t)
+        ]
+        for j, layer in enumerate(layers)
+    ]
+    colors = expert_colors(num_experts)
+    scale = (
+        [[0.0, colors[0]], [1.0, colors[0]]]
+        if num_experts <= 1
+        else [
+            [v, c] for e, c in enumerate(colors) for v in (e / num_experts, (e + 1) / num_experts)
+        ]
+    )
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(t)),
+            y=[str(x) for x in layers],
+            zmin=-0.5,
+            zmax=num_experts - 0.5,
+            colorscale=scale,
+            text=text,
+            hoverinfo="text",
+            colorbar={"title": "top-1 expert"},
+        )
+    )
+    fig.update_layout(
+        title="Top-1 expert per token and layer (hover: all experts and weights)",
+        xaxis={
+            "title": "token",
+            "tickmode": "array",
+            "tickvals": list(range(t)),
+            "ticktext": [str(s) for s in tokens],
+        },
+        yaxis_title="layer",
+        height=max(260, 28 * n_layers + 160),
+    )
+    return fig
+
+
+def token_html(
+    tokens: Sequence[str],
+    top1: np.ndarray,
+    titles: Sequence[str],
+    num_experts: int,
+) -> str:
+    """The sequence's text as HTML spans, each token's background the colour of its top-1 expert
+    and its tooltip (title) the given text; the legend shows which colour is which expert."""
+    import html
+
+    colors = expert_colors(num_experts)
+    spans = [
+        f'<span class="rs-tok" title="{html.escape(title)}" '
+        f'style="background:{colors[int(e)]};color:white;padding:1px 2px;margin:1px;'
+        f'border-radius:3px;white-space:pre">{html.escape(tok)}</span>'
+        for tok, e, title in zip(tokens, top1, titles, strict=True)
+    ]
+    used = sorted({int(e) for e in top1})
+    legend = " ".join(
+        f'<span style="background:{colors[e]};color:white;padding:0 4px;border-radius:3px">'
+        f"e{e}</span>"
+        for e in used
+    )
+    return (
+        f'<div class="rs-text" style="line-height:2.0;font-family:monospace">{"".join(spans)}</div>'
+        f'<div style="margin-top:6px;font-size:0.8em">top-1 expert: {legend}</div>'
+    )
+
+
+def entropy_figure(summary: pl.DataFrame) -> go.Figure:
+    """Per-layer normalized load entropy (1 = balanced) from `load_summary`, with max/mean."""
+    layers = [str(x) for x in summary["layer"].to_list()]
+    fig = go.Figure(
+        go.Bar(
+            x=layers,
+            y=summary["entropy_norm"].to_list(),
+            name="entropy / log E",
+            customdata=np.stack(
+                [summary["max_over_mean"].to_numpy(), summary["unused_experts"].to_numpy()], axis=1
+            ),
+            hovertemplate="layer %{x}<br>entropy/log E %{y:.3f}<br>max/mean %{customdata[0]:.2f}"
+            "<br>unused experts %{customdata[1]}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Load entropy per layer (normalized by log E)",
+        xaxis_title="layer",
+        yaxis={"title": "entropy / log E", "range": [0, 1.05]},
+    )
+    return fig
+
+
+def _layer_filter(df: pl.DataFrame, layer: int | None) -> pl.DataFrame:
+    return df.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer)
+
+
+def _where(layer: int | None) -> str:
+    return "all layers pooled" if layer is None else f"layer {layer}"
+
+
+def srp_figure(srp_df: pl.DataFrame, layer: int | None = None) -> go.Figure:
+    """SRP against segment length L for one layer (None = pooled), with the shuffled-order
+    baseline and the c = 0 floor 2r/(1+r)."""
+    sub = _layer_filter(srp_df, layer).sort("segment_length")
+    x = sub["segment_length"].to_list()
+    fig = go.Figure(go.Scatter(x=x, y=sub["srp"].to_list(), mode="lines+markers", name="SRP"))
+    if "srp_shuffled" in sub.columns:
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=sub["srp_shuffled"].to_list(),
+                mode="lines+markers",
+                name="shuffled baseline",
+                line={"dash": "dot"},
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=sub["floor"].to_list(),
+            mode="lines",
+            name="floor 2r/(1+r)",
+            line={"dash": "dash"},
+        )
+    )
+    fig.update_layout(
+        title=f"Segment Routing best Performance, {_where(layer)}",
+        xaxis={"title": "segment length L", "type": "log"},
+        yaxis={"title": "SRP (best F1)", "range": [0, 1.02]},
+    )
+    return fig
+
+
+def sch_figure(sch_df: pl.DataFrame, layer: int | None = None) -> go.Figure:
+    """SCH hit rate against cache size C, one line per segment length, for one layer or pooled."""
+    sub = _layer_filter(sch_df, layer)
+    if "order" in sub.columns:
+        sub = sub.filter(pl.col("order") == "original")
+    fig = go.Figure()
+    for seg in sorted(sub["segment_length"].unique().to_list()):
+        s = sub.filter(pl.col("segment_length") == seg).sort("capacity")
+        fig.add_trace(
+            go.Scatter(
+                x=s["capacity"].to_list(),
+                y=s["hit_rate"].to_list(),
+                mode="lines+markers",
+                name=f"L = {seg}",
+            )
+        )
+    kind = str(sub["kind"][0]) if sub.height and "kind" in sub.columns else "segment-oracle"
+    fig.update_layout(
+        title=f"Segment Cache best Hit rate ({kind}), {_where(layer)}",
+        xaxis_title="cache size C (experts per layer)",
+        yaxis={"title": "hit rate", "range": [0, 1.02]},
+    )
+    return fig
+
+
+def cache_figure(
+    hits: pl.DataFrame, phase: str = "prefill", layer: int | None = None, bound: str = "belady"
+) -> go.Figure:
+    """Hit rate against cache capacity, one line per policy, for a phase and a layer (None =
+    pooled); the `bound` policy (Belady) is drawn as a thick dashed black line."""
+    sub = _layer_filter(hits.filter(pl.col("phase") == phase), layer)
+    fig = go.Figure()
+    for policy in sorted(sub["policy"].unique().to_list(), key=lambda p: (p == bound, p)):
+        s = sub.filter(pl.col("policy") == policy).sort("capacity")
+        is_bound = policy == bound
+        fig.add_trace(
+            go.Scatter(
+                x=s["capacity"].to_list(),
+                y=s["hit_rate"].to_list(),
+                mode="lines" if is_bound else "lines+markers",
+                name=f"{policy} (bound)" if is_bound else policy,
+                line={"color": "black", "width": 3, "dash": "dash"} if is_bound else {},
+            )
+        )
+    fig.update_layout(
+        title=f"Expert-cache hit rate by policy, {phase}, {_where(layer)}",
+        xaxis_title="cache capacity C (experts per layer)",
+        yaxis={"title": "hit rate", "range": [0, 1.02]},
+    )
+    return fig
+
+
+def annotate_experts(fig: go.Figure, notes: Notes | None) -> go.Figure:
+    """Add expert labels from expert_notes to the hover text of layer × expert heatmaps (x =
+    expert, y = layer) in `fig`; cells of annotated experts also get the label as text."""
+    if not notes:
+        return fig
+    for tr in fig.data:
+        if not isinstance(tr, go.Heatmap) or tr.x is None or tr.y is None:
+            continue
+        xs, ys = list(tr.x), list(tr.y)
+        old = tr.text
+        hover = []
+        for i, y in enumerate(ys):
+            row = []
+            for j, x in enumerate(xs):
+                base = (
+                    str(old[i][j])
+                    if old is not None and len(old) > i
+                    else f"layer {y} expert {x}<br>value {tr.z[i][j]:.4g}"
+                )
+                try:
+                    label = notes.get((int(y), int(x)))
+                except (TypeError, ValueError):
+                    label = None
+                row.append(base + (f"<br>note: {label}" if label else ""))
+            hover.append(row)
+        tr.update(text=hover, hoverinfo="text")
+    return fig
+
+
+def logprob_change_figure(tokens: pl.DataFrame) -> go.Figure:
+    """Per generated token, log p(steered) − log p(base), one bar group per continuation (from
+    `steering.evaluate.side_by_side`'s token table); hover shows the token and both log-probs."""
+    fig = go.Figure()
+    for which in ("base", "steered"):
+        sub = tokens.filter(pl.col("which") == which).sort("step")
+        if not sub.height:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=sub["step"].to_list(),
+                y=sub["change"].to_list(),
+                name=f"{which} continuation",
+                customdata=np.stack(
+                    [
+                        np.asarray(sub["token"].to_list(), dtype=object),
+                        sub["logp_base"].to_numpy(),
+                        sub["logp_steered"].to_numpy(),
+                    ],
+                    axis=1,
+                ),
+                hovertemplate="step %{x} %{customdata[0]}<br>log p base %{customdata[1]:.3f}"
+                "<br>log p steered %{customdata[2]:.3f}<br>change %{y:+.3f}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="Per-token log-probability change (steered − base)",
+        xaxis_title="generated token",
+        yaxis_title="Δ log p",
+        barmode="group",
+    )
+    return fig
