@@ -148,7 +148,9 @@ def srp(
             for i, layer in enumerate(sub.layers)
         ]
         if pooled:
-            cells.append((None, G.sum(axis=0), None if Gs is None else Gs.sum(axis=0), int(W.sum())))
+            cells.append(
+                (None, G.sum(axis=0), None if Gs is None else Gs.sum(axis=0), int(W.sum()))
+            )
         for layer, g, gs, w in cells:
             val, c_star, g_hat, _ = srp_from_counts(g, seg, k)
             row = {
@@ -165,9 +167,9 @@ def srp(
                 sval, _, sg, _ = srp_from_counts(gs, seg, k)
                 row |= {"srp_shuffled": sval, "g_hat_shuffled": sg, "locality_gap": val - sval}
             rows.append(row)
-    return pl.DataFrame(rows, schema_overrides={"layer": pl.Int64, "c_star": pl.Int64}).with_columns(
-        pl.col(pl.Float64).fill_nan(None)
-    )
+    return pl.DataFrame(
+        rows, schema_overrides={"layer": pl.Int64, "c_star": pl.Int64}
+    ).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
 def sch(
@@ -216,7 +218,8 @@ def sch(
                         },
                         schema_overrides={"layer": pl.Int64},
                     ).with_columns(
-                        pl.lit(seg, dtype=pl.Int64).alias("segment_length"), pl.col("hit_rate").fill_nan(None)
+                        pl.lit(seg, dtype=pl.Int64).alias("segment_length"),
+                        pl.col("hit_rate").fill_nan(None),
                     )
                 )
             else:
@@ -239,6 +242,4 @@ def sch(
         pl.lit(phase).alias("phase"),
         pl.lit(kind).alias("kind"),
         (pl.col("capacity") / k).alias("rho"),
-    ).select(
-        "phase", "kind", "order", "layer", "segment_length", "capacity", "rho", "hit_rate"
-    )
+    ).select("phase", "kind", "order", "layer", "segment_length", "capacity", "rho", "hit_rate")
