@@ -167,13 +167,14 @@ def _stack_step(
     """Router outputs of one forward -> experts (B,T,L,k), weights (B,T,L,k), probs (B,T,L,E)."""
     adapter = lm.adapter
     routers = lm.router_modules()
+    device = lm.model.device  # layers may sit on several devices (device_map): gather on one
     ws, idxs, probs = [], [], []
     for (logits, weights, indices), router in zip(captured, routers, strict=True):
         weights, indices = adapter.rank_order(logits, weights, indices, router)
-        ws.append(weights.float())
-        idxs.append(indices)
+        ws.append(weights.float().to(device))
+        idxs.append(indices.to(device))
         if save_probs:
-            probs.append(adapter.full_probs(logits, router))
+            probs.append(adapter.full_probs(logits, router).to(device))
     weights = torch.stack(ws, dim=1)
     experts = torch.stack(idxs, dim=1).to(torch.int16)
     shape = (batch, -1, *weights.shape[1:])

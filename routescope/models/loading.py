@@ -38,6 +38,7 @@ class LoadedModel:
     device: str = "cpu"
     _nnsight: Any = field(default=None, init=False, repr=False, compare=False)
     _router_envoys: list[Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _router_modules: list[Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_model(
@@ -120,7 +121,11 @@ class LoadedModel:
 
     def router_modules(self) -> list[Any]:
         """The router torch modules, one per MoE layer in ``moe_layers`` order."""
-        return [self.adapter.router_module(self.model, i) for i in self.moe_layers]
+        if self._router_modules is None:
+            self._router_modules = [
+                self.adapter.router_module(self.model, i) for i in self.moe_layers
+            ]
+        return self._router_modules
 
 
 def _first_line(exc: BaseException) -> str:
