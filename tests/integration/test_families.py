@@ -127,6 +127,22 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
         [0, 1, 2],
     ),
     "flex_olmo": ({"num_experts": 8, "num_experts_per_tok": 2}, [0, 1, 2]),
+    "jamba": (
+        {
+            "num_experts": 6,
+            "num_experts_per_tok": 2,
+            "expert_layer_period": 2,
+            "expert_layer_offset": 0,
+            "attn_layer_period": 2,
+            "attn_layer_offset": 1,
+            "mamba_d_state": 8,
+            "mamba_d_conv": 4,
+            "mamba_expand": 2,
+            "mamba_dt_rank": 4,
+            "use_mamba_kernels": False,
+        },
+        [0, 2],
+    ),
 }
 
 FAMILIES = list(TINY_CONFIGS)
@@ -145,6 +161,7 @@ ROUTER_ATTR: dict[str, str] = {
     "glm4_moe": "mlp.gate",
     "granitemoeshared": "block_sparse_moe.router",
     "flex_olmo": "mlp.gate",
+    "jamba": "feed_forward.router",
 }
 
 

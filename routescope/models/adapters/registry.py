@@ -13,6 +13,7 @@ from routescope.models.adapters.glm4_moe import Glm4MoeAdapter
 from routescope.models.adapters.gpt_oss import GptOssAdapter
 from routescope.models.adapters.granitemoe import GraniteMoeAdapter
 from routescope.models.adapters.granitemoeshared import GraniteMoeSharedAdapter
+from routescope.models.adapters.jamba import JambaAdapter
 from routescope.models.adapters.mixtral import MixtralAdapter
 from routescope.models.adapters.olmoe import OlmoeAdapter
 from routescope.models.adapters.phimoe import PhimoeAdapter
@@ -34,6 +35,7 @@ ADAPTERS: dict[str, type[MoEAdapter]] = {
         Glm4MoeAdapter,
         GraniteMoeSharedAdapter,
         FlexOlmoAdapter,
+        JambaAdapter,
     )
 }
 
