@@ -18,7 +18,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from routescope.analysis.cache import lru_hit_rates, belady_hit_rates
+from routescope.analysis.cache import belady_hit_rates, lru_hit_rates
 from routescope.analysis.consistency import srp
 from routescope.store.trace import Trace
 
