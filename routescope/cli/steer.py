@@ -1,3 +1,381 @@
-"""CLI commands: steer."""
+"""CLI commands: `routescope steer` (effect of a steering spec) and `routescope presets …`.
 
-from routescope.cli._app import analyze_app, app  # noqa: F401
+Thin shells over routescope.steering: specs come from a .toml/.json file or a named preset in the
+store; effects are log-likelihood changes against a random-expert baseline, or side-by-side
+generations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from routescope.cli._app import DEFAULT_DB, app
+from routescope.errors import InvalidParameterError
+
+presets_app = typer.Typer(
+    help="Named steering presets stored in the database.", no_args_is_help=True
+)
+app.add_typer(presets_app, name="presets")
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}"
+
+
+def _load_spec(spec: Path | None, preset: str | None, db: str) -> tuple[Any, str]:
+    """The spec named on the command line and a short description of where it came from."""
+    from routescope.steering.presets import get_preset
+    from routescope.steering.spec import SteeringSpec
+    from routescope.store import RoutingStore
+
+    if (spec is None) == (preset is None):
+        raise InvalidParameterError("give exactly one of --spec FILE or --preset NAME")
+    if spec is not None:
+        return SteeringSpec.from_file(spec), str(spec)
+    with RoutingStore(db, read_only=True) as store:
+        p = get_preset(store.con, preset or "")
+    return p.spec, f"preset {p.name}"
+
+
+def _load_model(model: str) -> Any:
+    from routescope.collect.runner import resolve_model_path
+    from routescope.models import load_model
+
+    return load_model(resolve_model_path(model))
+
+
+def _shape_of(model: str) -> Any:
+    """A model's (MoE layers, E, k) from its config alone, without loading weights."""
+    from transformers import AutoConfig
+
+    from routescope.collect.runner import resolve_model_path
+    from routescope.models.adapters import adapter_for
+    from routescope.models.loading import ModelLoadError
+    from routescope.steering.spec import ModelShape
+
+    path = resolve_model_path(model)
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot read the config of {model!r}: {first}") from None
+    ad = adapter_for(cfg)
+    return ModelShape(moe_layers=tuple(ad.moe_layers), num_experts=ad.num_experts, top_k=ad.top_k)
+
+
+@app.command("steer")
+def steer_cmd(
+    spec: Path | None = typer.Option(None, "--spec", help="Steering spec file (.toml or .json)."),
+    preset: str | None = typer.Option(None, "--preset", help="Name of a stored steering preset."),
+    model: str = typer.Option(
+        "demo", "--model", "-m", help="Hub id or local path (default: demo)."
+    ),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Generate from this prompt, side by side."
+    ),
+    eval_file: Path | None = typer.Option(
+        None, "--eval", help="Prompt set (.jsonl/.csv/.parquet/.txt) to measure log-likelihood on."
+    ),
+    split: str | None = typer.Option(None, help="Only rows of the eval file with this split."),
+    random_baseline_draws: int = typer.Option(
+        10, "--random-baseline", help="Random-expert draws for the baseline (0 = none)."
+    ),
+    seed: int = typer.Option(0, help="Seed for the random baseline and sampling."),
+    max_new_tokens: int = typer.Option(30, help="Tokens to generate for --prompt."),
+    sampled: bool = typer.Option(False, "--sampled", help="Sample instead of greedy decoding."),
+    batch_size: int = typer.Option(8, help="Texts per forward pass."),
+    max_length: int | None = typer.Option(None, help="Truncate eval texts to this many tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file holding presets (for --preset)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status."),
+) -> None:
+    """Measure what a steering spec does: log-likelihood change on --eval texts against random
+    experts of the same layers, or steered vs unsteered generations from --prompt."""
+    from rich.console import Console
+
+    if (prompt is None) == (eval_file is None):
+        raise InvalidParameterError("give exactly one of --prompt TEXT or --eval FILE")
+    if random_baseline_draws < 0:
+        raise InvalidParameterError("--random-baseline must be >= 0")
+    the_spec, source = _load_spec(spec, preset, db)
+    the_spec.validate(_shape_of(model))  # a bad edit fails before any weights load
+    err = Console(stderr=True, quiet=quiet or as_json)
+    out = Console()
+    if quiet or as_json:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    with err.status(f"loading {model}…"):
+        lm = _load_model(model)
+    if prompt is not None:
+        _side_by_side(
+            lm, the_spec, source, prompt, max_new_tokens, sampled, seed, as_json, out, err
+        )
+        return
+    assert eval_file is not None
+    _evaluate(
+        lm,
+        the_spec,
+        source,
+        eval_file,
+        split,
+        random_baseline_draws,
+        seed,
+        batch_size,
+        max_length,
+        as_json,
+        out,
+        err,
+        quiet,
+    )
+
+
+def _side_by_side(
+    lm, spec, source, prompt, max_new_tokens, sampled, seed, as_json, out, err
+) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    from routescope.steering.evaluate import side_by_side
+
+    with err.status("generating…"):
+        sbs = side_by_side(
+            lm, spec, prompt, max_new_tokens=max_new_tokens, sampled=sampled, seed=seed
+        )
+    if as_json:
+        payload = {
+            "spec": spec.to_dict(),
+            "source": source,
+            "prompt": prompt,
+            "sampled": sampled,
+            "base": sbs.base_text,
+            "steered": sbs.steered_text,
+            "tokens": sbs.tokens.to_dicts(),
+        }
+        out.print_json(json.dumps(payload))
+        return
+    out.print(f"[bold]steering[/bold] {source}: {len(spec.edits)} edit(s), mode {spec.mode}")
+    out.print(f"[bold]prompt[/bold]   {prompt!r}")
+    out.print(f"[bold]base[/bold]     {sbs.base_text!r}")
+    out.print(f"[bold]steered[/bold]  {sbs.steered_text!r}")
+    for which in ("base", "steered"):
+        rows = sbs.tokens.filter(sbs.tokens["which"] == which)
+        table = Table(title=f"{which} continuation: log p per token")
+        for col in ("step", "token", "log p base", "log p steered", "change"):
+            table.add_column(col, justify="left" if col == "token" else "right")
+        for r in rows.iter_rows(named=True):
+            table.add_row(
+                str(r["step"]),
+                repr(r["token"]),
+                f"{r['logp_base']:.3f}",
+                f"{r['logp_steered']:.3f}",
+                _num(r["change"], 3),
+            )
+        out.print(table)
+
+
+def _evaluate(
+    lm,
+    spec,
+    source,
+    eval_file,
+    split,
+    draws,
+    seed,
+    batch_size,
+    max_length,
+    as_json,
+    out,
+    err,
+    quiet,
+) -> None:  # noqa: ANN001
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from routescope.collect.prompts import read_prompt_set
+    from routescope.steering.evaluate import EvalSet, loglik_change, random_baseline
+
+    prompts = read_prompt_set(eval_file, split=split)
+    ev = EvalSet.build(lm, prompts, max_length=max_length)
+    with err.status(f"scoring {len(ev)} texts, unsteered and steered…"):
+        res = loglik_change(lm, spec, ev, batch_size=batch_size)
+    rb = None
+    if draws > 0 and not spec.is_empty:
+        with Progress(
+            TextColumn("random baseline"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            disable=quiet or as_json,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("draws", total=draws)
+            rb = random_baseline(
+                lm,
+                spec,
+                ev,
+                draws=draws,
+                seed=seed,
+                batch_size=batch_size,
+                progress=lambda n: bar.update(task, completed=n),
+            )
+    by_label = res.by_label()
+    labels = [x for x in by_label["label"].to_list() if x is not None]
+    baseline: dict[str, Any] | None = None
+    if rb is not None:
+        baseline = {"all": rb.summary()}
+        for lab in labels:
+            baseline[lab] = rb.summary(lab)
+    if as_json:
+        payload = {
+            "spec": spec.to_dict(),
+            "source": source,
+            "eval": str(eval_file),
+            "texts": len(ev),
+            "overall": {
+                "base": res.mean_base,
+                "steered": res.mean_steered,
+                "change": res.mean_change,
+            },
+            "by_label": by_label.to_dicts(),
+            "random_baseline": baseline,
+        }
+        out.print_json(json.dumps(payload))
+        return
+    table = Table(
+        title=f"mean token log-likelihood change, {source} ({len(spec.edits)} edits, {spec.mode})"
+    )
+    cols = ["label", "texts", "base", "steered", "change"]
+    if baseline is not None:
+        cols += ["random mean ± std", "random min..max", "change / random"]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "label" else "right")
+
+    def row(name: str, texts: int, b: float, s: float, c: float, key: str) -> list[str]:
+        cells = [name, str(texts), f"{b:.4f}", f"{s:.4f}", _num(c)]
+        if baseline is not None:
+            bs = baseline[key]
+            ratio = c / bs["mean"] if bs["mean"] != 0 else float("nan")
+            cells += [
+                f"{bs['mean']:+.4f} ± {bs['std']:.4f}",
+                f"{bs['min']:+.4f}..{bs['max']:+.4f}",
+                "–" if math.isnan(ratio) else f"{ratio:.2f}",
+            ]
+        return cells
+
+    for r in by_label.iter_rows(named=True):
+        if r["label"] is not None and len(labels) > 1:
+            table.add_row(
+                *row(r["label"], r["texts"], r["base"], r["steered"], r["change"], r["label"])
+            )
+    table.add_row(*row("all", len(ev), res.mean_base, res.mean_steered, res.mean_change, "all"))
+    out.print(table)
+    if baseline is not None:
+        out.print(
+            f"random baseline: {rb.summary()['draws']} draws of {len(spec.edits)} experts from the "
+            "same layers, same actions (seed {seed})".replace("{seed}", str(seed))
+        )
+
+
+# ---- presets --------------------------------------------------------------------------------
+@presets_app.command("list")
+def presets_list(
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List stored steering presets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from routescope.steering.presets import list_presets
+    from routescope.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store:
+        frame = list_presets(store.con)
+    out = Console()
+    if as_json:
+        out.print_json(json.dumps(frame.to_dicts(), default=str))
+        return
+    table = Table(title=f"steering presets in {db}")
+    for col in frame.columns:
+        table.add_column(col)
+    for r in frame.iter_rows():
+        table.add_row(*["" if v is None else str(v) for v in r])
+    out.print(table)
+
+
+@presets_app.command("show")
+def presets_show(
+    name: str = typer.Argument(..., help="Preset name (or id)."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
+) -> None:
+    """Print a preset (with its spec) as JSON."""
+    from rich.console import Console
+
+    from routescope.steering.presets import get_preset
+    from routescope.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store:
+        p = get_preset(store.con, name)
+    Console().print_json(json.dumps(p.to_dict()))
+
+
+@presets_app.command("create")
+def presets_create(
+    name: str = typer.Argument(..., help="New preset name."),
+    spec: Path = typer.Option(..., "--spec", help="Steering spec file (.toml or .json)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Validate against this model ('demo', path or hub id)."
+    ),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
+) -> None:
+    """Store a spec file under a name (validated against --model when given)."""
+    from routescope.steering.presets import create_preset
+    from routescope.steering.spec import SteeringSpec
+    from routescope.store import RoutingStore
+
+    the_spec = SteeringSpec.from_file(spec)
+    shape = _shape_of(model) if model is not None else None
+    with RoutingStore(db) as store:
+        p = create_preset(store.con, name, the_spec, model_id=model, shape=shape)
+    typer.echo(f"created preset {p.name} ({p.preset_id}): {len(p.spec.edits)} edit(s)")
+
+
+@presets_app.command("update")
+def presets_update(
+    name: str = typer.Argument(..., help="Preset name (or id)."),
+    spec: Path | None = typer.Option(None, "--spec", help="Replace the spec with this file."),
+    rename: str | None = typer.Option(None, "--rename", help="New name."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Validate against this model."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
+) -> None:
+    """Replace a preset's spec, rename it, or re-validate it against a model."""
+    from routescope.steering.presets import update_preset
+    from routescope.steering.spec import SteeringSpec
+    from routescope.store import RoutingStore
+
+    the_spec = SteeringSpec.from_file(spec) if spec is not None else None
+    shape = _shape_of(model) if model is not None else None
+    with RoutingStore(db) as store:
+        p = update_preset(
+            store.con, name, spec=the_spec, model_id=model, shape=shape, new_name=rename
+        )
+    typer.echo(f"updated preset {p.name} ({p.preset_id}): {len(p.spec.edits)} edit(s)")
+
+
+@presets_app.command("delete")
+def presets_delete(
+    name: str = typer.Argument(..., help="Preset name (or id)."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
+) -> None:
+    """Delete a preset."""
+    from routescope.steering.presets import delete_preset
+    from routescope.store import RoutingStore
+
+    with RoutingStore(db) as store:
+        p = delete_preset(store.con, name)
+    typer.echo(f"deleted preset {p.name} ({p.preset_id})")

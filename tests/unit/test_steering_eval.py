@@ -42,8 +42,8 @@ def _tokenizer():
     )
 
 
-@pytest.fixture(scope="module")
-def lm() -> LoadedModel:
+def build_lm() -> LoadedModel:
+    """A tiny random OLMoE (2 layers, E=8, k=2) over the character vocabulary."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(
@@ -67,6 +67,11 @@ def lm() -> LoadedModel:
             if name.endswith("mlp.gate.weight"):
                 p.normal_(0.0, 1.0)
     return LoadedModel.from_model(model, _tokenizer(), model_id="tiny-olmoe")
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return build_lm()
 
 
 SPEC = SteeringSpec.from_edits([(0, 1, "deactivate"), (0, 5, "deactivate"), (1, 2, "scale", 3.0)])
