@@ -133,6 +133,7 @@ def _traced_forward(
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
     """One traced forward; returns each MoE layer's router output and the model output."""
     wrapper = lm.nnsight
+    adapter = lm.adapter
     envoys = lm.router_envoys
     layers = lm.moe_layers
     captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -148,12 +149,13 @@ def _traced_forward(
     with wrapper.trace(**kwargs):
         for layer, envoy in zip(layers, envoys, strict=True):
             out = envoy.output
+            routing = adapter.unpack(out)
             if steering is not None:
-                edited = steering(lm, layer, out[0], out[1], out[2])
+                edited = steering(lm, layer, *routing)
                 if edited is not None:
-                    out = (out[0], edited[0].to(out[1].dtype), edited[1])
-                    envoy.output = out
-            captured.append(out)
+                    envoy.output = adapter.pack(out, edited[0], edited[1])
+                    routing = (routing[0], edited[0].to(routing[1].dtype), edited[1])
+            captured.append(routing)
         model_out = wrapper.output.save()
     return captured, model_out
 

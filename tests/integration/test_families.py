@@ -143,6 +143,18 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
         },
         [0, 2],
     ),
+    "llama4_text": (
+        {
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 32,
+            "intermediate_size_mlp": 64,
+            "head_dim": 8,
+            "moe_layers": [0, 2],
+            "attention_chunk_size": 16,
+        },
+        [0, 2],
+    ),
 }
 
 FAMILIES = list(TINY_CONFIGS)
@@ -162,6 +174,7 @@ ROUTER_ATTR: dict[str, str] = {
     "granitemoeshared": "block_sparse_moe.router",
     "flex_olmo": "mlp.gate",
     "jamba": "feed_forward.router",
+    "llama4_text": "feed_forward.router",
 }
 
 
@@ -220,6 +233,12 @@ def reference_capture_layers(
         module = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
 
         def hook(mod, args, out, layer=layer):
+            if family == "llama4_text":  # (scores: sigmoid of the chosen logits else 0, logits)
+                scores, logits = out
+                chosen = scores != 0
+                assert (chosen.sum(1) == mod.top_k).all()
+                idx = torch.nonzero(chosen)[:, 1].view(-1, mod.top_k)
+                out = (logits, scores.gather(1, idx), idx)
             captured[layer] = (mod, out[0].detach(), out[1].detach(), out[2].detach())
 
         handles.append(module.register_forward_hook(hook))
@@ -275,7 +294,14 @@ def test_layout_and_metadata(tiny) -> None:
     router = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
     assert lm.num_experts == router.num_experts
     assert lm.router_modules()[0] is router
-    with_shared = ("qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "granitemoeshared")
+    with_shared = (
+        "qwen2_moe",
+        "deepseek_v2",
+        "deepseek_v3",
+        "glm4_moe",
+        "granitemoeshared",
+        "llama4_text",
+    )
     expected_shared = 1 if family in with_shared else 0
     assert lm.num_shared_experts == expected_shared
 
@@ -330,7 +356,7 @@ def test_full_probs(tiny) -> None:
     assert rec.probs.shape == (rec.num_tokens, len(lm.moe_layers), lm.num_experts)
     ref = reference_capture(model, family, PROMPTS[1])
     probs = rec.probs[rec.sequence(1)]
-    if family in ("deepseek_v3", "glm4_moe"):  # documented: independent sigmoid scores
+    if family in ("deepseek_v3", "glm4_moe", "llama4_text"):  # documented: sigmoid scores
         expected = 1.0 / (1.0 + np.exp(-ref.logits))
     else:
         z = np.exp(ref.logits - ref.logits.max(-1, keepdims=True))
@@ -366,7 +392,7 @@ def test_sampling_is_seeded() -> None:
         collect_batch(lm, PROMPTS[:1], max_new_tokens=1, generation={"num_beams": 2})
 
 
-@pytest.mark.parametrize("family_name", ["olmoe", "deepseek_v3", "phimoe"])
+@pytest.mark.parametrize("family_name", ["olmoe", "deepseek_v3", "phimoe", "llama4_text"])
 def test_router_edit_hook_reroutes(family_name: str) -> None:
     """A RouterEdit masking one expert: that expert never appears and the model used the edit."""
     model = build_tiny(family_name)
@@ -392,6 +418,9 @@ def test_router_edit_hook_reroutes(family_name: str) -> None:
     hooks = []
 
     def replace(mod, args, out):
+        if family_name == "llama4_text":  # router output is (scores over E, logits)
+            w, i = lm.adapter.route(out[1], mod, mask=mask)
+            return torch.zeros_like(out[0]).scatter(1, i, w.to(out[0].dtype)), out[1]
         w, i = lm.adapter.route(out[0], mod, mask=mask)
         return out[0], w.to(out[1].dtype), i
 

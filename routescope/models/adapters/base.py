@@ -89,6 +89,19 @@ class MoEAdapter(ABC):
         """Whether the k gate weights are renormalized to sum to 1 (before any scaling)."""
         return bool(getattr(self.config, "norm_topk_prob", False))
 
+    # ---- the router module's output ----------------------------------------------------------
+    def unpack(self, output: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits (tokens, E), weights (tokens, k), indices (tokens, k))`` from a router output.
+
+        Most transformers 5.x routers return exactly this tuple; families whose routers return
+        something else override this and ``pack``.
+        """
+        return output[0], output[1], output[2]
+
+    def pack(self, output: Any, weights: torch.Tensor, indices: torch.Tensor) -> Any:
+        """A router output like ``output`` but carrying the given (edited) routing."""
+        return (output[0], weights.to(output[1].dtype), indices)
+
     # ---- routing ------------------------------------------------------------------------------
     @abstractmethod
     def selection_scores(

@@ -14,6 +14,7 @@ from routescope.models.adapters.gpt_oss import GptOssAdapter
 from routescope.models.adapters.granitemoe import GraniteMoeAdapter
 from routescope.models.adapters.granitemoeshared import GraniteMoeSharedAdapter
 from routescope.models.adapters.jamba import JambaAdapter
+from routescope.models.adapters.llama4 import Llama4Adapter
 from routescope.models.adapters.mixtral import MixtralAdapter
 from routescope.models.adapters.olmoe import OlmoeAdapter
 from routescope.models.adapters.phimoe import PhimoeAdapter
@@ -36,6 +37,7 @@ ADAPTERS: dict[str, type[MoEAdapter]] = {
         GraniteMoeSharedAdapter,
         FlexOlmoAdapter,
         JambaAdapter,
+        Llama4Adapter,
     )
 }
 

@@ -1,0 +1,67 @@
+"""Llama-4 text (model_type ``llama4_text``): sigmoid top-k router plus one shared expert.
+
+MoE layers are ``config.moe_layers`` (from ``interleave_moe_layer_step`` when unset); router
+``feed_forward.router`` (Llama4Router) returns ``(scores (tokens, E), logits)`` where ``scores`` is
+sigmoid of the top-k logits and 0 elsewhere. Recorded weights are those sigmoid values (Llama-4
+multiplies the expert *inputs* by them); no renormalization. ``full_probs`` is sigmoid(logits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+
+
+class Llama4Adapter(MoEAdapter):
+    family = "llama4_text"
+    router_attr = "feed_forward.router"
+    probs_kind = "sigmoid"
+    weights_doc = "sigmoid of the selected router logits (scales the expert inputs)"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return 0 <= layer < self.num_layers and layer in set(self.config.moe_layers or [])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.config.num_local_experts)
+
+    @property
+    def num_shared_experts(self) -> int:
+        return 1
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        return False
+
+    def unpack(self, output: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores, logits = output
+        indices = torch.topk(logits, self.top_k, dim=1).indices  # the router's own selection
+        return logits, scores.gather(1, indices), indices
+
+    def pack(self, output: Any, weights: torch.Tensor, indices: torch.Tensor) -> Any:
+        scores, logits = output
+        edited = torch.zeros_like(scores).scatter(1, indices, weights.to(scores.dtype))
+        return edited, logits
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = _expand_expert_mask(mask, logits)
+        return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+
+    def gate_weights(
+        self,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        router: nn.Module,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return torch.sigmoid(logits.gather(-1, indices).float()).to(logits.dtype)
+
+    def full_probs(self, logits: torch.Tensor, router: nn.Module) -> torch.Tensor:
+        """Sigmoid of every router logit (not a distribution: rows do not sum to 1)."""
+        return torch.sigmoid(logits.float())
