@@ -550,3 +550,17 @@ def test_config_variants(family_name: str, overrides: dict, moe_layers: list[int
     for b, seq in enumerate(PROMPTS[1:]):
         ref = reference_capture_layers(model, family_name, seq, moe_layers)
         check_rows_match(rec, b, ref, len(seq))
+
+
+def test_error_inside_router_edit_propagates_and_engine_recovers() -> None:
+    """A user error raised by a RouterEdit inside the trace keeps its type; the next batch works."""
+    model = build_tiny("olmoe")
+    lm = LoadedModel.from_model(model)
+
+    def bad_edit(*args):
+        raise InvalidParameterError("expert 99 is out of range")
+
+    with pytest.raises(InvalidParameterError, match="expert 99"):
+        collect_batch(lm, PROMPTS, steering=bad_edit)
+    rec = collect_batch(lm, PROMPTS[:1])
+    check_rows_match(rec, 0, reference_capture(model, "olmoe", PROMPTS[0]), len(PROMPTS[0]))
