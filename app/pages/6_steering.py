@@ -94,6 +94,8 @@ else:
     st.caption(f"No presets for {info['model_id']} yet; create one below or from Localization.")
 
 names = presets["name"].to_list()
+if "_next_preset" in st.session_state:  # set after a save/delete, applied before the widget
+    st.session_state["preset_choice"] = st.session_state.pop("_next_preset")
 choice = st.selectbox("Preset to edit", [NEW, *names], key="preset_choice")
 current = (
     SteeringSpec.from_json(presets.filter(pl.col("name") == choice)["spec"][0])
@@ -160,7 +162,7 @@ if submitted:
         spec = SteeringSpec.from_edits(edits, mode=mode, renormalize=renorm).validate(shape)
         sh.save_preset(db, name, info["model_id"], spec, preset_id)
     sh.flash(f"{'Created' if choice == NEW else 'Saved'} preset {name.strip()!r}.")
-    st.session_state["preset_choice"] = name.strip()
+    st.session_state["_next_preset"] = name.strip()
     st.rerun()
 
 if choice != NEW:
@@ -170,7 +172,7 @@ if choice != NEW:
         with sh.guarded():
             sh.delete_preset(db, str(preset_id))
         sh.flash(f"Deleted preset {choice!r}.")
-        st.session_state["preset_choice"] = NEW
+        st.session_state["_next_preset"] = NEW
         st.rerun()
 
 # ---- playground ------------------------------------------------------------------------------

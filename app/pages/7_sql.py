@@ -3,6 +3,8 @@ table with CSV download."""
 
 from __future__ import annotations
 
+import json
+
 import _shared as sh
 import polars as pl
 import streamlit as st
@@ -20,12 +22,26 @@ def _run(db: str, query: q.NamedQuery, params: dict) -> pl.DataFrame:
         con.close()
 
 
+def _csv(frame: pl.DataFrame) -> bytes:
+    """CSV bytes; list and struct cells (e.g. experts, moe_layers) are written as JSON text."""
+    nested = [c for c, t in frame.schema.items() if t.is_nested()]
+    if nested:
+        frame = frame.with_columns(
+            pl.col(c).map_elements(
+                lambda v: json.dumps(v.to_list() if isinstance(v, pl.Series) else v, default=str),
+                return_dtype=pl.Utf8,
+            )
+            for c in nested
+        )
+    return frame.write_csv().encode()
+
+
 def _show(frame: pl.DataFrame, key: str) -> None:
     st.caption(f"{frame.height:,} row(s)")
     st.dataframe(frame.head(10_000), hide_index=True, key=f"{key}_table")
     st.download_button(
         "Download CSV",
-        frame.write_csv().encode(),
+        _csv(frame),
         file_name=f"{key}.csv",
         mime="text/csv",
         key=f"{key}_csv",

@@ -84,8 +84,9 @@ CODE = [
 ]
 
 
-def _tiny_lm():
-    """A tiny random OLMoE (3 layers, 8 experts, top-2) and a tokenizer whose ids fit it."""
+def _tiny_lm(root: Path):
+    """A tiny random OLMoE (3 layers, 8 experts, top-2) and a tokenizer whose ids fit it, saved
+    under root/tiny-olmoe so the app can load it by path (the Steering playground does)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -124,7 +125,10 @@ def _tiny_lm():
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]"
     )
-    return LoadedModel.from_model(model, tokenizer=tok, model_id="tiny/olmoe")
+    path = root / "tiny-olmoe"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return LoadedModel.from_model(model, tokenizer=tok, model_id=str(path))
 
 
 def _demo_lm():
@@ -169,7 +173,7 @@ def fixture_store(tmp_path_factory) -> dict:
 
     torch.set_num_threads(1)
     root: Path = tmp_path_factory.mktemp("app_store")
-    lm = _demo_lm() or _tiny_lm()
+    lm = _demo_lm() or _tiny_lm(root)
     db = str(root / "fixture.duckdb")
     job = job_from_options(
         _write_prompts(root),

@@ -1,0 +1,461 @@
+"""The dashboard in Streamlit's AppTest: every page against a store collected with the real
+pipeline; the numbers on the charts are checked against plain DuckDB queries of the same store;
+annotations and presets are saved, edited and deleted through the widgets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MAIN = Path(__file__).resolve().parents[3] / "app" / "main.py"
+
+PAGES = {
+    "runs": "pages/1_runs.py",
+    "tokens": "pages/2_tokens.py",
+    "experts": "pages/3_experts.py",
+    "locality": "pages/4_locality.py",
+    "localization": "pages/5_localization.py",
+    "steering": "pages/6_steering.py",
+    "sql": "pages/7_sql.py",
+}
+
+
+def open_app(db: str, monkeypatch: pytest.MonkeyPatch):
+    """The app over `db` (passed as `routescope app --db` does, in $ROUTESCOPE_DB), run once."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ROUTESCOPE_DB", db)
+    at = AppTest.from_file(str(MAIN), default_timeout=120)
+    at.run()
+    return at
+
+
+def goto(at, page: str):
+    at.switch_page(PAGES[page])
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def arr(value) -> np.ndarray:
+    """A plotly JSON array: a plain list, or plotly's typed-array form {dtype, bdata, shape}."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            shape = value["shape"]
+            shape = [int(x) for x in shape.split(",")] if isinstance(shape, str) else shape
+            out = out.reshape(shape)
+        return out
+    return np.array(value, dtype=object if value and isinstance(value[0], str) else None)
+
+
+def chart_specs(at) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def chart_titles(at) -> list[str]:
+    return [s["layout"]["title"]["text"] for s in chart_specs(at)]
+
+
+def by_label(widgets, label: str):
+    found = [w for w in widgets if w.label == label]
+    assert found, f"no widget labelled {label!r}; have {[w.label for w in widgets]}"
+    return found[0]
+
+
+def sql(db: str, q: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute(q, params or []).fetchall()
+    finally:
+        con.close()
+
+
+# ---- every page renders, with the expected widgets and charts ----------------------------------
+def test_runs_page_lists_the_run(fixture_store, monkeypatch):
+    at = open_app(fixture_store["db"], monkeypatch)
+    # first run: the entry script's sidebar (database, run) and the default page, Runs
+    assert at.text_input(key="_db_widget").value == fixture_store["db"]
+    assert at.selectbox(key="_run_widget").value == fixture_store["run_id"]
+    assert [t.value for t in at.title][0] == "Runs"
+    goto(at, "runs")
+    table = at.dataframe[0].value
+    assert table["run_id"].tolist() == [fixture_store["run_id"]]
+    assert int(table["tokens"][0]) == sql(fixture_store["db"], "SELECT count(*) FROM tokens")[0][0]
+    assert int(table["E"][0]) == fixture_store["num_experts"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["tokens"] == f"{fixture_store['tokens']:,}"
+
+
+def test_tokens_page_colours_and_heatmap_match_the_store(fixture_store, monkeypatch):
+    db, run_id = fixture_store["db"], fixture_store["run_id"]
+    at = goto(open_app(db, monkeypatch), "tokens")
+    layers = fixture_store["layers"]
+    seq_id = sql(db, "SELECT min(seq_id) FROM sequences WHERE run_id = ?", [run_id])[0][0]
+    rows = sql(
+        db,
+        "SELECT pos, layer, experts, weights FROM routes WHERE run_id = ? AND seq_id = ? "
+        "ORDER BY pos, layer",
+        [run_id, seq_id],
+    )
+    n_pos = len({r[0] for r in rows})
+    top1 = np.array([r[2][0] for r in rows]).reshape(n_pos, len(layers))
+    (spec,) = chart_specs(at)
+    heat = spec["data"][0]
+    assert heat["type"] == "heatmap"
+    assert np.array_equal(arr(heat["z"]), top1.T)  # [layer, token] = top-1 expert id
+    # hover on a cell lists every layer's experts and weights of that token
+    pos, layer, experts, weights = rows[-1]
+    cell = heat["text"][len(layers) - 1][n_pos - 1]
+    for lay in layers:
+        assert f"L{lay}: " in cell
+    assert f"e{experts[0]} {weights[0]:.2f}" in cell
+
+    # the coloured text: one span per token, in the colour of its top-1 expert at the chosen layer
+    from routescope.analysis.figures_app import expert_colors
+
+    layer_box = by_label(at.selectbox, "Layer")
+    body = at.get("html")[0].proto.body
+    assert body.count('class="rs-tok"') == n_pos
+    chosen = layers.index(int(layer_box.value))
+    colors = expert_colors(fixture_store["num_experts"])
+    first_span = body.split('class="rs-tok"', 2)[1]
+    assert f"background:{colors[top1[0, chosen]]}" in first_span
+
+    # another layer recolours the text
+    other = layers[0] if int(layer_box.value) != layers[0] else layers[-1]
+    layer_box.set_value(other).run()
+    assert_clean(at)
+    first_span = at.get("html")[0].proto.body.split('class="rs-tok"', 2)[1]
+    assert f"background:{colors[top1[0, layers.index(other)]]}" in first_span
+
+
+def test_experts_page_charts_match_the_store(fixture_store, monkeypatch):
+    db, run_id = fixture_store["db"], fixture_store["run_id"]
+    e, k = fixture_store["num_experts"], fixture_store["top_k"]
+    at = goto(open_app(db, monkeypatch), "experts")
+    titles = chart_titles(at)
+    assert any(t.startswith("Expert load") for t in titles)
+    assert any(t.startswith("Load entropy") for t in titles)
+    assert any(t.startswith("Domain specialization") for t in titles)
+    assert any(t.startswith("Co-activation") for t in titles)
+    specs = {s["layout"]["title"]["text"].split(" ")[0]: s for s in chart_specs(at)}
+    n_tok = sql(db, "SELECT count(*) FROM tokens WHERE run_id = ?", [run_id])[0][0]
+    counts = sql(
+        db,
+        "SELECT layer, expert, count(*) FROM route_choices WHERE run_id = ? GROUP BY ALL",
+        [run_id],
+    )
+    ref = np.zeros((len(fixture_store["layers"]), e))
+    for layer, expert, c in counts:
+        ref[fixture_store["layers"].index(layer), expert] = c / (n_tok * k)
+    assert np.allclose(arr(specs["Expert"]["data"][0]["z"]).astype(float), ref)
+    # entropy per layer: −Σ s log s / log E of the same shares
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.nansum(np.where(ref > 0, ref * np.log(ref), 0), axis=1) / np.log(e)
+    assert np.allclose(arr(specs["Load"]["data"][0]["y"]).astype(float), ent)
+    assert len(at.dataframe) >= 1  # top tokens of the chosen expert
+
+
+def test_locality_page_draws_srp_sch_and_cache_curves(fixture_store, monkeypatch):
+    at = goto(open_app(fixture_store["db"], monkeypatch), "locality")
+    titles = chart_titles(at)
+    assert any(t.startswith("Segment Routing best Performance") for t in titles)
+    assert any(t.startswith("Segment Cache best Hit rate") for t in titles)
+    cache = [s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Expert-cache")]
+    assert {s["layout"]["title"]["text"].split(", ")[1] for s in cache} == {"prefill", "decode"}
+    for spec in cache:
+        names = [tr["name"] for tr in spec["data"]]
+        assert "belady (bound)" in names and "lru" in names
+        belady = next(tr for tr in spec["data"] if tr["name"] == "belady (bound)")
+        assert belady["line"]["dash"] == "dash"
+        # Belady is the optimum of admitting policies under stream service: never below LRU/FIFO
+        for tr in spec["data"]:
+            if tr["name"] in ("lru", "fifo", "lfu"):
+                assert np.all(arr(belady["y"]) >= arr(tr["y"]) - 1e-12)
+        # hit rate at C = E is 1 minus compulsory misses: positive, at most 1
+        assert 0 < arr(belady["y"])[-1] <= 1
+    # per layer instead of pooled
+    by_label(at.selectbox, "Layer").set_value(fixture_store["layers"][0]).run()
+    assert_clean(at)
+    assert any(f"layer {fixture_store['layers'][0]}" in t for t in chart_titles(at))
+
+
+def test_localization_page_ranks_against_plain_counts(fixture_store, monkeypatch):
+    db, run_id = fixture_store["db"], fixture_store["run_id"]
+    at = goto(open_app(db, monkeypatch), "localization")
+    by_label(at.selectbox, "Target").set_value("label:code").run()
+    by_label(at.selectbox, "Control").set_value("label:prose").run()
+    assert_clean(at)
+    ranking = at.dataframe[0].value
+    assert list(ranking["rank"][:3]) == [1, 2, 3]
+    assert (np.diff(ranking["score"].to_numpy()) <= 1e-12).all()  # sorted by score
+    top = ranking.iloc[0]
+    # p1, p2 of the top expert from plain SQL: share of code / prose tokens that selected it
+    q = """
+        SELECT s.label, count(*) FILTER (WHERE list_contains(r.experts, ?)) / count(*)
+        FROM routes r JOIN sequences s USING (run_id, seq_id)
+        WHERE r.run_id = ? AND r.layer = ? GROUP BY s.label"""
+    shares = dict(sql(db, q, [int(top["expert"]), run_id, int(top["layer"])]))
+    assert top["p1"] == pytest.approx(shares["code"])
+    assert top["p2"] == pytest.approx(shares["prose"])
+    assert top["rd"] == pytest.approx(shares["code"] - shares["prose"])
+    assert top["ci_low"] <= top["score"] + 1e-9 and 0 <= top["q_value"] <= 1
+    assert chart_titles(at)[0].startswith("Risk difference")
+
+
+def test_sql_page_runs_named_and_free_queries(fixture_store, monkeypatch):
+    db, run_id = fixture_store["db"], fixture_store["run_id"]
+    at = goto(open_app(db, monkeypatch), "sql")
+    names = by_label(at.selectbox, "Query").options
+    assert any(n.startswith("expert_load") for n in names)
+    by_label(at.selectbox, "Query").set_value("runs").run()
+    at.button(key="run_named").click().run()
+    assert_clean(at)
+    assert at.dataframe[0].value["run_id"].tolist() == [run_id]
+    assert at.get("download_button")
+    at.text_area(key="free_sql").set_value(
+        "SELECT layer, count(*) AS n FROM routes GROUP BY layer ORDER BY layer"
+    ).run()
+    at.button(key="run_free").click().run()
+    assert_clean(at)
+    got = at.dataframe[-1].value
+    ref = sql(db, "SELECT layer, count(*) FROM routes GROUP BY layer ORDER BY layer")
+    assert [tuple(int(v) for v in r) for r in got.itertuples(index=False)] == ref
+    # the editor is read-only: a write is refused with one line, not a traceback
+    at.text_area(key="free_sql").set_value("DELETE FROM routes").run()
+    at.button(key="run_free").click().run()
+    assert not at.exception and at.error
+    msg = at.error[0].value
+    assert "refus" in msg.lower() or "read-only" in msg.lower()
+    assert sql(db, "SELECT count(*) FROM routes")[0][0] == sum(r[1] for r in ref)
+
+
+# ---- writing through the app: annotations and presets -----------------------------------------
+def test_annotation_is_saved_and_shown_where_the_expert_appears(store_copy, monkeypatch):
+    db, model_id, run_id = store_copy["db"], store_copy["model_id"], store_copy["run_id"]
+    at = goto(open_app(db, monkeypatch), "experts")
+    layer = int(by_label(at.selectbox, "Layer").value)
+    # annotate the expert that the first token of the first sequence picks first at this layer
+    ex = sql(
+        db,
+        "SELECT experts[1] FROM routes WHERE run_id = ? AND layer = ? ORDER BY seq_id, pos LIMIT 1",
+        [run_id, layer],
+    )[0][0]
+    at.number_input(key="expert_id").set_value(ex).run()
+    at.text_input(key=f"note_label_{layer}_{ex}").set_value("digits")
+    at.text_area(key=f"note_text_{layer}_{ex}").set_value("fires on numbers")
+    [b for b in at.button if b.label == "Save annotation"][0].click().run()
+    assert_clean(at)
+    assert [s.value for s in at.success] == [f"Saved the annotation of layer {layer}, expert {ex}."]
+    assert sql(db, "SELECT model_id, layer, expert, label, note FROM expert_notes") == [
+        (model_id, layer, ex, "digits", "fires on numbers")
+    ]
+    assert any(h.value.endswith("— digits") for h in at.subheader)
+    load = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Expert"))
+    row = list(arr(load["data"][0]["y"])).index(str(layer))
+    assert load["data"][0]["text"][row][ex].endswith("note: digits")
+    assert "note:" not in load["data"][0]["text"][row][(ex + 1) % store_copy["num_experts"]]
+    # shown on the Tokens page too, in the hover of the token routed to that expert
+    goto(at, "tokens")
+    by_label(at.selectbox, "Layer").set_value(layer).run()
+    heat = chart_specs(at)[0]["data"][0]
+    cell = heat["text"][store_copy["layers"].index(layer)][0]
+    assert f"layer {layer}: e{ex} " in cell and "[digits]" in cell
+    assert 'title="pos 0' in at.get("html")[0].proto.body
+    assert "[digits]" in at.get("html")[0].proto.body
+    # a second save edits the same row
+    goto(at, "experts")
+    at.number_input(key="expert_id").set_value(ex).run()
+    at.text_input(key=f"note_label_{layer}_{ex}").set_value("numbers")
+    [b for b in at.button if b.label == "Save annotation"][0].click().run()
+    assert sql(db, "SELECT label FROM expert_notes") == [("numbers",)]
+
+
+def _preset_rows(db: str) -> list[tuple[str, dict]]:
+    return [
+        (name, json.loads(spec))
+        for name, spec in sql(db, "SELECT name, spec FROM steering_presets ORDER BY name")
+    ]
+
+
+def test_presets_are_created_edited_and_deleted(store_copy, monkeypatch):
+    db = store_copy["db"]
+    l0, l1 = store_copy["layers"][0], store_copy["layers"][-1]
+    at = goto(open_app(db, monkeypatch), "steering")
+    assert by_label(at.selectbox, "Preset to edit").value.endswith("new preset")
+    at.text_input(key="pname_new").set_value("quiet-code")
+    at.multiselect(key="poff_new").set_value([f"L{l0}/e1", f"L{l1}/e2"])
+    [b for b in at.button if b.label == "Create preset"][0].click().run()
+    assert_clean(at)
+    rows = _preset_rows(db)
+    assert [r[0] for r in rows] == ["quiet-code"]
+    edits = sorted((e["layer"], e["expert"], e["action"]) for e in rows[0][1]["edits"])
+    assert edits == sorted([(l0, 1, "deactivate"), (l1, 2, "deactivate")])
+    assert rows[0][1]["mode"] == "reroute"
+    assert sql(db, "SELECT model_id FROM steering_presets")[0][0] == store_copy["model_id"]
+    assert "quiet-code" in at.dataframe[0].value["name"].tolist()
+
+    # edit: the form now shows the preset; add a forced expert, switch to drop mode, rename
+    assert by_label(at.selectbox, "Preset to edit").value == "quiet-code"
+    pid = sql(db, "SELECT preset_id FROM steering_presets")[0][0]
+    assert at.multiselect(key=f"poff_{pid}").value == [f"L{l0}/e1", f"L{l1}/e2"]
+    at.multiselect(key=f"pon_{pid}").set_value([f"L{l0}/e5"])
+    at.selectbox(key=f"pmode_{pid}").set_value("drop")
+    at.text_input(key=f"pname_{pid}").set_value("quiet-code-v2")
+    [b for b in at.button if b.label == "Save preset"][0].click().run()
+    assert_clean(at)
+    rows = _preset_rows(db)
+    assert [r[0] for r in rows] == ["quiet-code-v2"]
+    edits = sorted((e["layer"], e["expert"], e["action"]) for e in rows[0][1]["edits"])
+    assert edits == sorted([(l0, 1, "deactivate"), (l1, 2, "deactivate"), (l0, 5, "activate")])
+    assert rows[0][1]["mode"] == "drop"
+    assert sql(db, "SELECT count(*) FROM steering_presets")[0][0] == 1  # edited, not added
+
+    # an invalid edit (too many experts forced on) is one line, and nothing is written
+    over = [f"L{l0}/e{i}" for i in range(store_copy["top_k"] + 1)]
+    at.multiselect(key=f"pon_{pid}").set_value(over)
+    at.multiselect(key=f"poff_{pid}").set_value([])
+    [b for b in at.button if b.label == "Save preset"][0].click().run()
+    assert not at.exception and "forced on" in at.error[0].value
+    assert _preset_rows(db) == rows
+
+    # delete needs the confirmation
+    goto(at, "steering")
+    assert at.button(key="delete_preset").disabled
+    at.checkbox(key="confirm_delete").check().run()
+    at.button(key="delete_preset").click().run()
+    assert_clean(at)
+    assert _preset_rows(db) == []
+    assert any("Deleted preset" in s.value for s in at.success)
+
+
+def test_localization_button_creates_a_preset(store_copy, monkeypatch):
+    db = store_copy["db"]
+    at = goto(open_app(db, monkeypatch), "localization")
+    by_label(at.selectbox, "Target").set_value("label:code").run()
+    at.number_input(key="preset_q").set_value(1.0).run()  # keep every positive score
+    at.number_input(key="preset_top").set_value(2).run()
+    at.text_input(key="preset_name").set_value("from-ranking").run()
+    ranking = at.dataframe[0].value
+    expected = [(int(r.layer), int(r.expert)) for r in ranking.itertuples() if r.score > 0][:2]
+    at.button(key="create_preset_from_ranking").click().run()
+    assert_clean(at)
+    ((name, spec),) = _preset_rows(db)
+    assert name == "from-ranking"
+    assert [(e["layer"], e["expert"]) for e in spec["edits"]] == expected
+    assert {e["action"] for e in spec["edits"]} == {"deactivate"}
+
+
+def test_playground_generates_side_by_side(store_copy, monkeypatch):
+    db = store_copy["db"]
+    layer = store_copy["layers"][0]
+    at = goto(open_app(db, monkeypatch), "steering")
+    off = [f"L{layer}/e{i}" for i in range(3)]
+    at.text_input(key="pname_new").set_value("off3")
+    at.multiselect(key="poff_new").set_value(off)
+    [b for b in at.button if b.label == "Create preset"][0].click().run()
+    at.text_area(key="play_prompt").set_value("the cat sat on")
+    at.number_input(key="play_tokens").set_value(4)
+    [b for b in at.button if b.label.startswith("Generate")][0].click().run()
+    assert_clean(at)
+    assert len(at.code) >= 2 and all(c.value.startswith("the cat sat on") for c in at.code[:2])
+    assert any(t.startswith("Per-token log-probability") for t in chart_titles(at))
+    tokens = next(d.value for d in at.dataframe if "logp_base" in d.value.columns)
+    assert len(tokens[tokens["which"] == "steered"]) == 4
+    assert np.allclose(tokens["change"], tokens["logp_steered"] - tokens["logp_base"])
+    changes = next(d.value for d in at.dataframe if "tokens_steered" in d.value.columns)
+    # the deactivated experts are never routed to under the preset ...
+    for i in range(3):
+        hit = changes[(changes["layer"] == layer) & (changes["expert"] == i)]
+        assert hit.empty or int(hit["tokens_steered"].iloc[0]) == 0
+    # ... and every token still picks k experts, so the changes of a layer cancel out
+    assert all(g["change"].sum() == 0 for _, g in changes.groupby("layer"))
+
+
+# ---- empty stores and a concurrent writer -----------------------------------------------------
+@pytest.mark.parametrize("kind", ["missing", "no runs"])
+def test_empty_store_shows_how_to_start(kind, tmp_path, monkeypatch):
+    db = tmp_path / "empty.duckdb"
+    if kind == "no runs":
+        from routescope.store.store import RoutingStore
+
+        RoutingStore(db).close()
+    at = open_app(str(db), monkeypatch)
+    for page in PAGES:
+        goto(at, page)
+        assert any("routescope demo" in i.value for i in at.info), page
+
+
+WRITER = r"""
+import sys, time
+import duckdb
+db, stop, counter = sys.argv[1], sys.argv[2], sys.argv[3]
+from pathlib import Path
+n = 0
+while not Path(stop).exists():
+    try:
+        con = duckdb.connect(db)  # holds the file's write lock until close
+    except duckdb.IOException:  # a reader has the file open right now: try again
+        time.sleep(0.02)
+        continue
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('writer_tick', ?)", [str(n)])
+    con.execute("CHECKPOINT")
+    time.sleep(0.3)
+    con.close()
+    n += 1
+    Path(counter).write_text(str(n))
+    time.sleep(0.15)
+"""
+
+
+def test_pages_render_while_a_writer_holds_and_releases_the_lock(store_copy, tmp_path, monkeypatch):
+    db = store_copy["db"]
+    stop, counter = tmp_path / "stop", tmp_path / "count"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, db, str(stop), str(counter)])
+    try:
+        deadline = time.monotonic() + 30
+        while not counter.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counter.exists(), "the writer never got the lock"
+        at = open_app(db, monkeypatch)
+        for page in ("runs", "tokens", "experts", "locality", "tokens", "runs"):
+            goto(at, page)
+            assert chart_specs(at) or at.dataframe, page
+        goto(at, "sql")
+        at.button(key="run_named").click().run()  # the default named query, read-only
+        assert_clean(at)
+        cycles = int(counter.read_text())
+    finally:
+        stop.write_text("stop")
+        writer.wait(timeout=30)
+    assert writer.returncode == 0
+    assert cycles >= 2  # the lock really changed hands while the pages rendered
+    assert sql(db, "SELECT value FROM meta WHERE key = 'writer_tick'")
+
+
+def test_cli_builds_the_streamlit_command():
+    from routescope.cli.dashboard import APP_MAIN, streamlit_command
+
+    assert APP_MAIN == MAIN and Path(APP_MAIN).is_file()
+    cmd = streamlit_command("/x/y.duckdb", 9999, True, "127.0.0.1")
+    assert cmd[1:5] == ["-m", "streamlit", "run", str(MAIN)]
+    assert cmd[cmd.index("--server.port") + 1] == "9999"
+    assert cmd[cmd.index("--server.headless") + 1] == "true"
+    assert cmd[-2:] == ["--db", "/x/y.duckdb"]
