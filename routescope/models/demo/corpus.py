@@ -31,6 +31,156 @@ HELDOUT_EVERY = 20
 MAX_CHARS_PER_DOMAIN = 3_000_000
 LOCALE_DIR = Path("/usr/share/locale")
 LANG_CODES = {"german": "de", "russian": "ru"}
+# The catalogs the shipped model was trained on (Debian 12 packages; iso_* name lists excluded).
+# A fixed list, so that installing more packages later does not change the corpus.
+CATALOGS_DE: tuple[str, ...] = (
+    "Linux-PAM",
+    "PackageKit",
+    "adduser",
+    "appstream",
+    "apt",
+    "at-spi2-core",
+    "avahi",
+    "bash",
+    "coreutils",
+    "diffutils",
+    "dpkg",
+    "dpkg-dev",
+    "elfutils",
+    "findutils",
+    "gdk-pixbuf",
+    "gettext-runtime",
+    "gettext-tools",
+    "git",
+    "glib20",
+    "gnupg2",
+    "gnutls30",
+    "gprof",
+    "grep",
+    "gsettings-desktop-schemas",
+    "gstreamer-1.0",
+    "gtk20",
+    "gtk20-properties",
+    "gtk30",
+    "gtk30-properties",
+    "initdb-15",
+    "ld",
+    "libapt-pkg6.0",
+    "libc",
+    "libidn2",
+    "libpq5-15",
+    "make",
+    "man-db",
+    "man-db-gnulib",
+    "mit-krb5",
+    "net-tools",
+    "opcodes",
+    "pg_amcheck-15",
+    "pg_archivecleanup-15",
+    "pg_basebackup-15",
+    "pg_checksums-15",
+    "pg_config-15",
+    "pg_controldata-15",
+    "pg_ctl-15",
+    "pg_dump-15",
+    "pg_resetwal-15",
+    "pg_rewind-15",
+    "pg_test_fsync-15",
+    "pg_test_timing-15",
+    "pg_upgrade-15",
+    "pg_verifybackup-15",
+    "pg_waldump-15",
+    "pgscripts-15",
+    "plpgsql-15",
+    "polkit-1",
+    "postgres-15",
+    "procps-ng",
+    "psmisc",
+    "psql-15",
+    "python-apt",
+    "sed",
+    "shadow",
+    "shared-mime-info",
+    "software-properties",
+    "systemd",
+    "tar",
+    "wget",
+    "wget-gnulib",
+    "xkeyboard-config",
+    "xz",
+)
+CATALOGS_RU: tuple[str, ...] = (
+    "Linux-PAM",
+    "PackageKit",
+    "adduser",
+    "appstream",
+    "apt",
+    "at-spi2-core",
+    "avahi",
+    "bash",
+    "bfd",
+    "binutils",
+    "coreutils",
+    "diffutils",
+    "dpkg",
+    "dpkg-dev",
+    "findutils",
+    "gas",
+    "gdk-pixbuf",
+    "gettext-runtime",
+    "gettext-tools",
+    "git",
+    "glib20",
+    "gnupg2",
+    "gprof",
+    "grep",
+    "gsettings-desktop-schemas",
+    "gstreamer-1.0",
+    "gtk20",
+    "gtk20-properties",
+    "gtk30",
+    "gtk30-properties",
+    "initdb-15",
+    "ld",
+    "libapt-pkg6.0",
+    "libc",
+    "libidn2",
+    "libpq5-15",
+    "make",
+    "man-db",
+    "man-db-gnulib",
+    "pg_amcheck-15",
+    "pg_archivecleanup-15",
+    "pg_basebackup-15",
+    "pg_checksums-15",
+    "pg_config-15",
+    "pg_controldata-15",
+    "pg_ctl-15",
+    "pg_dump-15",
+    "pg_resetwal-15",
+    "pg_rewind-15",
+    "pg_test_fsync-15",
+    "pg_test_timing-15",
+    "pg_upgrade-15",
+    "pg_verifybackup-15",
+    "pg_waldump-15",
+    "pgscripts-15",
+    "plpgsql-15",
+    "postgres-15",
+    "psmisc",
+    "psql-15",
+    "python-apt",
+    "sed",
+    "shadow",
+    "shared-mime-info",
+    "software-properties",
+    "systemd",
+    "tar",
+    "wget",
+    "wget-gnulib",
+    "xdg-user-dirs",
+    "xkeyboard-config",
+)
 
 
 @dataclass(frozen=True)
@@ -68,9 +218,10 @@ def read_mo(path: Path) -> list[tuple[str, str]]:
 
 
 def catalogs(lang: str) -> list[Path]:
-    """The language's installed message catalogs, minus the iso-codes name lists (not prose)."""
-    files = sorted((LOCALE_DIR / lang / "LC_MESSAGES").glob("*.mo"))
-    return [f for f in files if not f.name.startswith("iso_")]
+    """The language's installed message catalogs from the fixed list, in name order."""
+    names = {"de": CATALOGS_DE, "ru": CATALOGS_RU}[lang]
+    files = sorted(LOCALE_DIR / lang / "LC_MESSAGES" / f"{n}.mo" for n in names)
+    return [f for f in files if f.is_file()]
 
 
 def _clean_message(s: str) -> str:
@@ -251,6 +402,15 @@ def build_corpus(out_dir: Path, max_chars: int = MAX_CHARS_PER_DOMAIN) -> dict[s
             "heldout_chars": sum(len(c.text) for c in chunks if c.split == "heldout"),
         }
     return stats
+
+
+def corpus_digest(out_dir: Path) -> dict[str, str]:
+    """sha256 of each domain's corpus file: two builds match iff these match."""
+    import hashlib
+
+    return {
+        d: hashlib.sha256((out_dir / f"{d}.jsonl").read_bytes()).hexdigest()[:16] for d in DOMAINS
+    }
 
 
 def load_corpus(out_dir: Path) -> dict[str, list[dict[str, str]]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from routescope.models.demo.corpus import DOMAINS, build_corpus, load_corpus
+from routescope.models.demo.corpus import DOMAINS, build_corpus, corpus_digest, load_corpus
 
 HERE = Path(__file__).resolve().parent
 WORK_DIR = HERE / "_work"
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_seconds": round(elapsed, 1),
         "train_tokens_seen": steps * s.batch_size * s.seq_len,
         "corpus_chars": stats,
+        "corpus_sha256": corpus_digest(corpus_dir),
         "train_tokens_per_domain": tokens_per_domain,
         "parameters": n_params,
         "torch": torch.__version__,
