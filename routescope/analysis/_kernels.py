@@ -8,6 +8,7 @@ All kernels take request arrays ``X: int32[N, nL, K]`` (token rows x layers x re
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -62,126 +63,8 @@ def _win_add(X, row, layer, win, sign):
             win[e] += sign
 
 
-@njit(cache=True)
-def _stack_task(
-    X, offsets, chunks, n_items, policy, service, window, max_len, task, hist, reqs, dist
-):
-    """One (layer, chunk) task of `stack_depths`, writing row `task` of hist, reqs and dist."""
-    kk = X.shape[2]
-    n_chunks = len(chunks) - 1
-    boost = service == SIMULTANEOUS
-    layer = task // n_chunks
-    ch = task % n_chunks
-    stack = np.empty(n_items, dtype=np.int64)
-    last = np.zeros(n_items, dtype=np.int64)
-    cnt = np.zeros(n_items, dtype=np.int64)
-    win = np.zeros(n_items, dtype=np.int64)
-    mark = np.full(n_items, -1, dtype=np.int64)
-    nu = np.full(n_items, _INF, dtype=np.int64)
-    seen = np.full(n_items, -1, dtype=np.int64)
-    nxt = np.empty(max(1, max_len * kk), dtype=np.int64)
-    depth = np.empty(kk, dtype=np.int64)
-    for s in range(chunks[ch], chunks[ch + 1]):
-        a, b = offsets[s], offsets[s + 1]
-        T = b - a
-        if T == 0:
-            continue
-        for e in range(n_items):
-            last[e] = -1
-            cnt[e] = 0
-            win[e] = 0
-            mark[e] = -1
-            nu[e] = _INF
-            seen[e] = -1
-        if policy >= BELADY:  # next request index of every request (flattened t*K + j)
-            for i in range(T * kk - 1, -1, -1):
-                e = X[a + i // kk, layer, i % kk]
-                if e >= 0:
-                    nxt[i] = _INF if seen[e] < 0 else seen[e]
-                    seen[e] = i
-            for e in range(n_items):
-                seen[e] = -1
-        m = 0
-        for t in range(T):
-            row = a + t
-            if policy == LOOKAHEAD:  # win = request counts over tokens t .. t+window-1
-                if t == 0:
-                    for u in range(min(window, T)):
-                        _win_add(X, a + u, layer, win, 1)
-                else:
-                    _win_add(X, row - 1, layer, win, -1)
-                    if t + window - 1 < T:
-                        _win_add(X, row + window - 1, layer, win, 1)
-            if service != STREAM:
-                # hits are decided against the cache as it stood before the token
-                for j in range(kk):
-                    e = X[row, layer, j]
-                    if e < 0:
-                        continue
-                    depth[j] = _find(stack, m, e)
-                for j in range(kk):
-                    e = X[row, layer, j]
-                    if e < 0:
-                        continue
-                    reqs[task] += 1
-                    hist[task, depth[j] + 1] += 1
-                    mark[e] = t
-                    last[e] = t * kk + j
-                    cnt[e] += 1
-                    if policy >= BELADY:
-                        nu[e] = nxt[t * kk + j]
-            for j in range(kk):
-                e = X[row, layer, j]
-                if e < 0:
-                    continue
-                d = _find(stack, m, e)
-                if service == STREAM:
-                    reqs[task] += 1
-                    hist[task, d + 1] += 1
-                    mark[e] = t
-                    last[e] = t * kk + j
-                    cnt[e] += 1
-                    if policy >= BELADY:
-                        nu[e] = nxt[t * kk + j]
-                if d == 0:
-                    continue
-                if m == 0:
-                    stack[0] = e
-                    m = 1
-                    continue
-                end = d if d >= 0 else m
-                if policy == BYPASS:
-                    carry = e
-                    start = 0
-                else:
-                    carry = stack[0]
-                    stack[0] = e
-                    start = 1
-                kc = _key(carry, policy, boost, t, last, cnt, win, mark, nu)
-                for i in range(start, end):
-                    y = stack[i]
-                    ky = _key(y, policy, boost, t, last, cnt, win, mark, nu)
-                    if ky < kc:  # y leaves the cache of size i+1; carry stays
-                        stack[i] = carry
-                        carry = y
-                        kc = ky
-                if d >= 0:
-                    stack[d] = carry
-                else:
-                    stack[m] = carry
-                    m += 1
-        dist[task, m] += 1
-
-
 @njit(cache=True, parallel=True)
-def _stack_par(X, offsets, chunks, n_items, policy, service, window, max_len, hist, reqs, dist):
-    for task in prange(hist.shape[0]):
-        _stack_task(
-            X, offsets, chunks, n_items, policy, service, window, max_len, task, hist, reqs, dist
-        )
-
-
-def stack_depths(X, offsets, chunks, n_items, policy, service, window):
+def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
     """One pass of a stack (priority) algorithm: hit depths for every capacity at once.
 
     Returns (hist[nL, n_items+1], requests[nL], distinct[nL, n_items+1]): hist[l, d] counts the
@@ -189,147 +72,223 @@ def stack_depths(X, offsets, chunks, n_items, policy, service, window):
     distinct[l, D] counts sequences with D distinct requested items (for warm start).
     Under TOKEN and SIMULTANEOUS service a request's depth is taken before its token is served.
     """
-    n_layers, n_chunks = X.shape[1], len(chunks) - 1
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
     n_tasks = n_layers * n_chunks
     hist = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
     reqs = np.zeros(n_tasks, dtype=np.int64)
     dist = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
-    max_len = int(np.diff(offsets).max()) if len(offsets) > 1 else 0
-    args = (X, offsets, chunks, n_items, policy, service, window, max_len)
-    if _small(X):
-        for task in range(n_tasks):
-            _stack_task(*args, task, hist, reqs, dist)
-    else:
-        _stack_par(*args, hist, reqs, dist)
-    return (
-        _by_layer(hist, n_layers),
-        _by_layer(reqs, n_layers),
-        _by_layer(dist, n_layers),
-    )
-
-
-def _small(X) -> bool:
-    """Small inputs run serially: thread start-up would cost more than the work."""
-    return X.size < PARALLEL_MIN
-
-
-def _by_layer(per_task, n_layers):
-    return per_task.reshape(n_layers, -1, *per_task.shape[1:]).sum(axis=1)
-
-
-@njit(cache=True)
-def _fifo_task(X, offsets, chunks, n_items, capacities, service, task, hits):
-    kk = X.shape[2]
-    n_chunks = len(chunks) - 1
-    n_caps = len(capacities)
-    layer = task // (n_caps * n_chunks)
-    ci = (task // n_chunks) % n_caps
-    ch = task % n_chunks
-    cap = capacities[ci]
-    resident = np.zeros(n_items, dtype=np.bool_)
-    mark = np.full(n_items, -1, dtype=np.int64)
-    q = np.empty(cap, dtype=np.int64)
-    h = 0
-    for s in range(chunks[ch], chunks[ch + 1]):
-        a, b = offsets[s], offsets[s + 1]
-        for e in range(n_items):
-            resident[e] = False
-            mark[e] = -1
-        h = 0
-        n = 0
-        for t in range(b - a):
-            row = a + t
-            if service != STREAM:
+    max_len = 0
+    for s in range(len(offsets) - 1):
+        max_len = max(max_len, offsets[s + 1] - offsets[s])
+    boost = service == SIMULTANEOUS
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        stack = np.empty(n_items, dtype=np.int64)
+        last = np.zeros(n_items, dtype=np.int64)
+        cnt = np.zeros(n_items, dtype=np.int64)
+        win = np.zeros(n_items, dtype=np.int64)
+        mark = np.full(n_items, -1, dtype=np.int64)
+        nu = np.full(n_items, _INF, dtype=np.int64)
+        seen = np.full(n_items, -1, dtype=np.int64)
+        nxt = np.empty(max(1, max_len * kk), dtype=np.int64)
+        depth = np.empty(kk, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            a, b = offsets[s], offsets[s + 1]
+            T = b - a
+            if T == 0:
+                continue
+            for e in range(n_items):
+                last[e] = -1
+                cnt[e] = 0
+                win[e] = 0
+                mark[e] = -1
+                nu[e] = _INF
+                seen[e] = -1
+            if policy >= BELADY:  # next request index of every request (flattened t*K + j)
+                for i in range(T * kk - 1, -1, -1):
+                    e = X[a + i // kk, layer, i % kk]
+                    if e >= 0:
+                        nxt[i] = _INF if seen[e] < 0 else seen[e]
+                        seen[e] = i
+                for e in range(n_items):
+                    seen[e] = -1
+            m = 0
+            for t in range(T):
+                row = a + t
+                if policy == LOOKAHEAD:  # win = request counts over tokens t .. t+window-1
+                    if t == 0:
+                        for u in range(min(window, T)):
+                            _win_add(X, a + u, layer, win, 1)
+                    else:
+                        _win_add(X, row - 1, layer, win, -1)
+                        if t + window - 1 < T:
+                            _win_add(X, row + window - 1, layer, win, 1)
+                if service != STREAM:
+                    # hits are decided against the cache as it stood before the token
+                    for j in range(kk):
+                        e = X[row, layer, j]
+                        if e < 0:
+                            continue
+                        depth[j] = _find(stack, m, e)
+                    for j in range(kk):
+                        e = X[row, layer, j]
+                        if e < 0:
+                            continue
+                        reqs[task] += 1
+                        hist[task, depth[j] + 1] += 1
+                        mark[e] = t
+                        last[e] = t * kk + j
+                        cnt[e] += 1
+                        if policy >= BELADY:
+                            nu[e] = nxt[t * kk + j]
                 for j in range(kk):
                     e = X[row, layer, j]
-                    if e >= 0:
-                        mark[e] = t
-                        if resident[e]:
-                            hits[task] += 1
-            for j in range(kk):
-                e = X[row, layer, j]
-                if e < 0:
-                    continue
-                if resident[e]:
+                    if e < 0:
+                        continue
+                    d = _find(stack, m, e)
                     if service == STREAM:
-                        hits[task] += 1
-                    continue
-                if n == cap:  # evict the oldest admissible resident
-                    skip = 0
-                    if service == SIMULTANEOUS:
-                        while skip < n - 1 and mark[q[(h + skip) % cap]] == t:
-                            skip += 1
-                    victim = q[(h + skip) % cap]
-                    for u in range(skip, 0, -1):
-                        q[(h + u) % cap] = q[(h + u - 1) % cap]
-                    h = (h + 1) % cap
-                    n -= 1
-                    resident[victim] = False
-                q[(h + n) % cap] = e
-                n += 1
-                resident[e] = True
+                        reqs[task] += 1
+                        hist[task, d + 1] += 1
+                        mark[e] = t
+                        last[e] = t * kk + j
+                        cnt[e] += 1
+                        if policy >= BELADY:
+                            nu[e] = nxt[t * kk + j]
+                    if d == 0:
+                        continue
+                    if m == 0:
+                        stack[0] = e
+                        m = 1
+                        continue
+                    end = d if d >= 0 else m
+                    if policy == BYPASS:
+                        carry = e
+                        start = 0
+                    else:
+                        carry = stack[0]
+                        stack[0] = e
+                        start = 1
+                    kc = _key(carry, policy, boost, t, last, cnt, win, mark, nu)
+                    for i in range(start, end):
+                        y = stack[i]
+                        ky = _key(y, policy, boost, t, last, cnt, win, mark, nu)
+                        if ky < kc:  # y leaves the cache of size i+1; carry stays
+                            stack[i] = carry
+                            carry = y
+                            kc = ky
+                    if d >= 0:
+                        stack[d] = carry
+                    else:
+                        stack[m] = carry
+                        m += 1
+            dist[task, m] += 1
+    out_hist = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    out_reqs = np.zeros(n_layers, dtype=np.int64)
+    out_dist = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    for task in range(n_tasks):
+        layer = task // n_chunks
+        out_hist[layer] += hist[task]
+        out_reqs[layer] += reqs[task]
+        out_dist[layer] += dist[task]
+    return out_hist, out_reqs, out_dist
 
 
 @njit(cache=True, parallel=True)
-def _fifo_par(X, offsets, chunks, n_items, capacities, service, hits):
-    for task in prange(len(hits)):
-        _fifo_task(X, offsets, chunks, n_items, capacities, service, task, hits)
-
-
-def fifo_hits(X, offsets, chunks, n_items, capacities, service):
+def _fifo_hits(X, offsets, chunks, n_items, capacities, service):
     """FIFO (not a stack algorithm: Belady's anomaly) simulated once per capacity.
 
     Returns hits[nL, len(capacities)] under cold start. Under SIMULTANEOUS service the oldest
     resident that the current token does not request is evicted.
     """
-    n_layers, n_chunks, n_caps = X.shape[1], len(chunks) - 1, len(capacities)
-    hits = np.zeros(n_layers * n_caps * n_chunks, dtype=np.int64)
-    capacities = np.ascontiguousarray(capacities, dtype=np.int64)
-    if _small(X):
-        for task in range(len(hits)):
-            _fifo_task(X, offsets, chunks, n_items, capacities, service, task, hits)
-    else:
-        _fifo_par(X, offsets, chunks, n_items, capacities, service, hits)
-    return hits.reshape(n_layers, n_caps, n_chunks).sum(axis=2)
-
-
-@njit(cache=True)
-def _static_task(X, offsets, chunks, n_items, task, acc):
-    kk = X.shape[2]
+    n_rows, n_layers, kk = X.shape
     n_chunks = len(chunks) - 1
-    layer = task // n_chunks
-    ch = task % n_chunks
-    counts = np.zeros(n_items, dtype=np.int64)
-    for s in range(chunks[ch], chunks[ch + 1]):
-        counts[:] = 0
-        for row in range(offsets[s], offsets[s + 1]):
-            for j in range(kk):
-                e = X[row, layer, j]
-                if e >= 0:
-                    counts[e] += 1
-        srt = np.sort(counts)[::-1]
-        run = 0
-        for c in range(n_items):
-            run += srt[c]
-            acc[task, c + 1] += run
+    n_caps = len(capacities)
+    n_tasks = n_layers * n_caps * n_chunks
+    hits = np.zeros(n_tasks, dtype=np.int64)
+    for task in prange(n_tasks):
+        layer = task // (n_caps * n_chunks)
+        ci = (task // n_chunks) % n_caps
+        ch = task % n_chunks
+        cap = capacities[ci]
+        resident = np.zeros(n_items, dtype=np.bool_)
+        mark = np.full(n_items, -1, dtype=np.int64)
+        q = np.empty(cap, dtype=np.int64)
+        h = 0
+        for s in range(chunks[ch], chunks[ch + 1]):
+            a, b = offsets[s], offsets[s + 1]
+            for e in range(n_items):
+                resident[e] = False
+                mark[e] = -1
+            h = 0
+            n = 0
+            for t in range(b - a):
+                row = a + t
+                if service != STREAM:
+                    for j in range(kk):
+                        e = X[row, layer, j]
+                        if e >= 0:
+                            mark[e] = t
+                            if resident[e]:
+                                hits[task] += 1
+                for j in range(kk):
+                    e = X[row, layer, j]
+                    if e < 0:
+                        continue
+                    if resident[e]:
+                        if service == STREAM:
+                            hits[task] += 1
+                        continue
+                    if n == cap:  # evict the oldest admissible resident
+                        skip = 0
+                        if service == SIMULTANEOUS:
+                            while skip < n - 1 and mark[q[(h + skip) % cap]] == t:
+                                skip += 1
+                        victim = q[(h + skip) % cap]
+                        for u in range(skip, 0, -1):
+                            q[(h + u) % cap] = q[(h + u - 1) % cap]
+                        h = (h + 1) % cap
+                        n -= 1
+                        resident[victim] = False
+                    q[(h + n) % cap] = e
+                    n += 1
+                    resident[e] = True
+    out = np.zeros((n_layers, n_caps), dtype=np.int64)
+    for task in range(n_tasks):
+        layer = task // (n_caps * n_chunks)
+        ci = (task // n_chunks) % n_caps
+        out[layer, ci] += hits[task]
+    return out
 
 
 @njit(cache=True, parallel=True)
-def _static_par(X, offsets, chunks, n_items, acc):
-    for task in prange(acc.shape[0]):
-        _static_task(X, offsets, chunks, n_items, task, acc)
-
-
-def static_topc(X, offsets, chunks, n_items):
+def _static_topc(X, offsets, chunks, n_items):
     """Best static placement: topc[l, C] = sum over sequences of the C largest request counts."""
-    n_layers = X.shape[1]
-    acc = np.zeros((n_layers * (len(chunks) - 1), n_items + 1), dtype=np.int64)
-    if _small(X):
-        for task in range(acc.shape[0]):
-            _static_task(X, offsets, chunks, n_items, task, acc)
-    else:
-        _static_par(X, offsets, chunks, n_items, acc)
-    return _by_layer(acc, n_layers)
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_tasks = n_layers * n_chunks
+    acc = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        counts = np.zeros(n_items, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            counts[:] = 0
+            for row in range(offsets[s], offsets[s + 1]):
+                for j in range(kk):
+                    e = X[row, layer, j]
+                    if e >= 0:
+                        counts[e] += 1
+            srt = np.sort(counts)[::-1]
+            run = 0
+            for c in range(n_items):
+                run += srt[c]
+                acc[task, c + 1] += run
+    out = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    for task in range(n_tasks):
+        out[task // n_chunks] += acc[task]
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -377,70 +336,79 @@ def _window_update(X, row, layer, sign, tau, n, g, lo, a, last_a, last_g, S, G):
             n[e] = v - 1
 
 
-@njit(cache=True)
-def _window_task(X, offsets, chunks, n_experts, seg, task, G, S, W):
-    n_chunks = len(chunks) - 1
-    layer = task // n_chunks
-    ch = task % n_chunks
-    n = np.zeros(n_experts, dtype=np.int64)
-    g = np.zeros(seg + 2, dtype=np.int64)
-    lo = np.zeros(seg + 2, dtype=np.int64)
-    last_g = np.zeros(seg + 2, dtype=np.int64)
-    a = np.zeros(n_experts, dtype=np.int64)
-    last_a = np.zeros(n_experts, dtype=np.int64)
-    for s in range(chunks[ch], chunks[ch + 1]):
-        start, stop = offsets[s], offsets[s + 1]
-        T = stop - start
-        if seg > T:
-            continue
-        n[:] = 0
-        g[:] = 0
-        lo[:] = 0
-        last_g[:] = 0
-        a[:] = 0
-        last_a[:] = 0
-        g[0] = n_experts
-        for u in range(seg):
-            _window_update(X, start + u, layer, 1, 0, n, g, lo, a, last_a, last_g, S[task], G[task])
-        nw = T - seg + 1
-        for w in range(1, nw):
-            _window_update(
-                X, start + w - 1, layer, -1, w, n, g, lo, a, last_a, last_g, S[task], G[task]
-            )
-            _window_update(
-                X, start + w + seg - 1, layer, 1, w, n, g, lo, a, last_a, last_g, S[task], G[task]
-            )
-        for i in range(n_experts):
-            _touch_pos(i, nw, a, last_a, S[task])
-        for v in range(seg + 1):
-            _touch_val(v, nw, g, last_g, G[task])
-        W[task] += nw
-
-
 @njit(cache=True, parallel=True)
-def _window_par(X, offsets, chunks, n_experts, seg, G, S, W):
-    for task in prange(len(W)):
-        _window_task(X, offsets, chunks, n_experts, seg, task, G, S, W)
-
-
-def window_stats(X, offsets, chunks, n_experts, seg):
+def _window_stats(X, offsets, chunks, n_experts, seg):
     """Sliding windows of `seg` tokens (stride 1) inside each sequence, O(k) work per token.
 
     Returns (G[nL, seg+1], S[nL, E], W[nL]): G[l, v] = number of (window, expert) pairs whose
     count n_{w,e} equals v; S[l, i] = sum over windows of the (i+1)-th largest n_{w,e};
     W[l] = number of windows. SRP follows from G, the segment-oracle SCH from S.
     """
-    n_layers = X.shape[1]
-    n_tasks = n_layers * (len(chunks) - 1)
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_tasks = n_layers * n_chunks
     G = np.zeros((n_tasks, seg + 1), dtype=np.int64)
     S = np.zeros((n_tasks, n_experts), dtype=np.int64)
     W = np.zeros(n_tasks, dtype=np.int64)
-    if _small(X):
-        for task in range(n_tasks):
-            _window_task(X, offsets, chunks, n_experts, seg, task, G, S, W)
-    else:
-        _window_par(X, offsets, chunks, n_experts, seg, G, S, W)
-    return _by_layer(G, n_layers), _by_layer(S, n_layers), _by_layer(W, n_layers)
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        n = np.zeros(n_experts, dtype=np.int64)
+        g = np.zeros(seg + 2, dtype=np.int64)
+        lo = np.zeros(seg + 2, dtype=np.int64)
+        last_g = np.zeros(seg + 2, dtype=np.int64)
+        a = np.zeros(n_experts, dtype=np.int64)
+        last_a = np.zeros(n_experts, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            start, stop = offsets[s], offsets[s + 1]
+            T = stop - start
+            if seg > T:
+                continue
+            n[:] = 0
+            g[:] = 0
+            lo[:] = 0
+            last_g[:] = 0
+            a[:] = 0
+            last_a[:] = 0
+            g[0] = n_experts
+            for u in range(seg):
+                _window_update(
+                    X, start + u, layer, 1, 0, n, g, lo, a, last_a, last_g, S[task], G[task]
+                )
+            nw = T - seg + 1
+            for w in range(1, nw):
+                _window_update(
+                    X, start + w - 1, layer, -1, w, n, g, lo, a, last_a, last_g, S[task], G[task]
+                )
+                _window_update(
+                    X,
+                    start + w + seg - 1,
+                    layer,
+                    1,
+                    w,
+                    n,
+                    g,
+                    lo,
+                    a,
+                    last_a,
+                    last_g,
+                    S[task],
+                    G[task],
+                )
+            for i in range(n_experts):
+                _touch_pos(i, nw, a, last_a, S[task])
+            for v in range(seg + 1):
+                _touch_val(v, nw, g, last_g, G[task])
+            W[task] += nw
+    outG = np.zeros((n_layers, seg + 1), dtype=np.int64)
+    outS = np.zeros((n_layers, n_experts), dtype=np.int64)
+    outW = np.zeros(n_layers, dtype=np.int64)
+    for task in range(n_tasks):
+        layer = task // n_chunks
+        outG[layer] += G[task]
+        outS[layer] += S[task]
+        outW[layer] += W[task]
+    return outG, outS, outW
 
 
 @njit(cache=True)
@@ -479,3 +447,43 @@ def step_requests(X, offsets, batch_size, n_items):
                                 Xs[out_row, layer, fill] = e
                                 fill += 1
     return Xs, boff
+
+
+def _run(kernel, X, *args):
+    """Run a prange kernel; small inputs on one thread (waking threads on a busy machine costs
+    far more than the work: measured 100-300 ms against 0.03 ms per call)."""
+    if X.size >= PARALLEL_MIN:
+        return kernel(X, *args)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(X, *args)
+    finally:
+        numba.set_num_threads(before)
+
+
+def stack_depths(X, offsets, chunks, n_items, policy, service, window):
+    """One pass of a stack (priority) algorithm: hit depths for every capacity at once.
+
+    Returns (hist[nL, n_items+1], requests[nL], distinct[nL, n_items+1]): hist[l, d] counts the
+    requests that hit in every cache of capacity >= d (d = 0: a miss at every capacity);
+    distinct[l, D] counts sequences with D distinct requested items (for warm start).
+    Under TOKEN and SIMULTANEOUS service a request's depth is taken before its token is served.
+    """
+    return _run(_stack_depths, X, offsets, chunks, n_items, policy, service, window)
+
+
+def fifo_hits(X, offsets, chunks, n_items, capacities, service):
+    """FIFO (not a stack algorithm: Belady's anomaly), simulated once per capacity (cold)."""
+    caps = np.ascontiguousarray(capacities, dtype=np.int64)
+    return _run(_fifo_hits, X, offsets, chunks, n_items, caps, service)
+
+
+def static_topc(X, offsets, chunks, n_items):
+    """Best static placement: topc[l, C] = sum over sequences of the C largest request counts."""
+    return _run(_static_topc, X, offsets, chunks, n_items)
+
+
+def window_stats(X, offsets, chunks, n_experts, seg):
+    """Sliding-window count statistics (see `_window_stats`): (G, S, W) per layer."""
+    return _run(_window_stats, X, offsets, chunks, n_experts, seg)
