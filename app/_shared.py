@@ -179,6 +179,15 @@ def current_run() -> tuple[str, str, str] | None:
     """(db, version, run_id) of the run picked in the sidebar, or None (after showing why)."""
     db = db_path()
     run_id = st.session_state.get(RUN_KEY)
+    if run_id is None and RUN_KEY not in st.session_state and Path(db).exists():
+        # a page run on its own (no sidebar yet in this session): default to the newest run
+        try:
+            runs = load_runs(db, store_version(db))
+        except RoutescopeError as exc:
+            show_error(exc)
+            return None
+        run_id = runs["run_id"][0] if runs.height else None
+        st.session_state[RUN_KEY] = run_id
     if not run_id:
         if not Path(db).exists():
             empty_state(db, f"No routing database at `{db}` yet.")

@@ -121,11 +121,12 @@ def token_html(
     import html
 
     colors = expert_colors(num_experts)
+    visible = [t.replace("\n", "↵").replace("\t", "→") or "∅" for t in tokens]
     spans = [
         f'<span class="rs-tok" title="{html.escape(title)}" '
         f'style="background:{colors[int(e)]};color:white;padding:1px 2px;margin:1px;'
         f'border-radius:3px;white-space:pre">{html.escape(tok)}</span>'
-        for tok, e, title in zip(tokens, top1, titles, strict=True)
+        for tok, e, title in zip(visible, top1, titles, strict=True)
     ]
     used = sorted({int(e) for e in top1})
     legend = " ".join(

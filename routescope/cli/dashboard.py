@@ -38,6 +38,8 @@ def streamlit_command(db: str, port: int, headless: bool, address: str) -> list[
         "true" if headless else "false",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "minimal",
         "--",
         "--db",
         db,

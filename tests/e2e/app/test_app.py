@@ -19,13 +19,13 @@ pytestmark = pytest.mark.e2e
 MAIN = Path(__file__).resolve().parents[3] / "app" / "main.py"
 
 PAGES = {
-    "runs": "pages/1_runs.py",
-    "tokens": "pages/2_tokens.py",
-    "experts": "pages/3_experts.py",
-    "locality": "pages/4_locality.py",
-    "localization": "pages/5_localization.py",
-    "steering": "pages/6_steering.py",
-    "sql": "pages/7_sql.py",
+    "runs": "views/1_runs.py",
+    "tokens": "views/2_tokens.py",
+    "experts": "views/3_experts.py",
+    "locality": "views/4_locality.py",
+    "localization": "views/5_localization.py",
+    "steering": "views/6_steering.py",
+    "sql": "views/7_sql.py",
 }
 
 

@@ -33,8 +33,8 @@ lengths = trace.seq_lengths.tolist()
 
 def _describe(i: int) -> str:
     lab = f" · {labels[i]}" if labels[i] is not None else ""
-    lo = int(trace.seq_offsets[i])
-    head = "".join(texts.get(int(t), "?") for t in trace.token_ids[lo : lo + 12])
+    lo, hi = int(trace.seq_offsets[i]), int(trace.seq_offsets[i + 1])
+    head = "".join(texts.get(int(t), "?") for t in trace.token_ids[lo : min(hi, lo + 12)])
     return f"seq {seq_ids[i]}{lab} · {lengths[i]} tok · {head.strip()[:50]}"
 
 
@@ -59,7 +59,7 @@ if hi - lo > MAX_TOKENS:
 
 experts = trace.experts[lo:hi]
 weights = trace.weights[lo:hi]
-tokens = [texts.get(int(t), f"<{int(t)}>") for t in trace.token_ids[lo:hi]]
+tokens = [texts.get(int(t)) or f"<{int(t)}>" for t in trace.token_ids[lo:hi]]
 decode = trace.phase[lo:hi] == 1
 col = trace.layer_position(layer)
 titles = [

@@ -18,7 +18,7 @@ import streamlit as st
 from routescope.errors import RoutescopeError
 from routescope.steering.spec import Edit, SteeringSpec
 
-NEW = "➕ new preset"
+NEW = "(new preset)"
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)

@@ -1,0 +1,277 @@
+"""The dashboard in a real browser: `streamlit run` serves the app on 127.0.0.1, headless Chromium
+loads the Tokens and Steering pages (driven over the Chrome DevTools protocol, with the
+`websockets` client streamlit already depends on), finds the rendered charts and widgets, hovers
+a heatmap cell, and saves screenshots. Skipped only where no Chromium is installed."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = next(
+    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()),
+    None,
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (apt-get install chromium; scripts/test.sh does it)",
+)
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
+    """Poll predicate() until it returns something truthy; fail naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
+class CDP:
+    """A minimal Chrome DevTools protocol client over one page's websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None, open_timeout=20)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, timeout: float = 60, **params) -> dict:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.1)))
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise AssertionError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def js(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(data["data"]))
+        return path
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def served_app(store_copy, tmp_path):
+    """The app served by `streamlit run` (the command `routescope app` runs) on a free port."""
+    from routescope.cli.dashboard import streamlit_command
+
+    db = store_copy["db"]
+    con = duckdb.connect(db)  # a preset, so the Steering page lists and edits one
+    spec = {"edits": [{"layer": store_copy["layers"][0], "expert": 1, "action": "deactivate"}]}
+    con.execute(
+        "INSERT INTO steering_presets (preset_id, name, model_id, spec) VALUES (?, ?, ?, ?)",
+        ["p1", "browser-preset", store_copy["model_id"], json.dumps(spec)],
+    )
+    con.close()
+    port = free_port()
+    log = (tmp_path / "streamlit.log").open("w")
+    env = {**os.environ, "ROUTESCOPE_DB": db}
+    proc = subprocess.Popen(
+        streamlit_command(db, port, True, "127.0.0.1"),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/_stcore/health") == "ok", 90, "streamlit to serve")
+        yield base, store_copy
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium with a fresh profile; yields a CDP client on its first page."""
+    profile = tmp_path / "chrome-profile"
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            *CHROME_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1400,1000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cdp = None
+    try:
+        active = profile / "DevToolsActivePort"
+        wait_for(lambda: active.exists() and active.read_text().strip(), 60, "Chromium to start")
+        port = active.read_text().split()[0]
+        pages = wait_for(
+            lambda: [
+                t
+                for t in json.loads(http_get(f"http://127.0.0.1:{port}/json/list") or "[]")
+                if t.get("type") == "page"
+            ],
+            30,
+            "a Chromium page target",
+        )
+        cdp = CDP(pages[0]["webSocketDebuggerUrl"])
+        cdp.call("Page.enable")
+        cdp.call("Runtime.enable")
+        cdp.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1400,
+            height=1000,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        yield cdp
+    finally:
+        if cdp is not None:
+            cdp.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def open_page(cdp: CDP, url: str, ready_js: str, what: str) -> None:
+    """Navigate and wait until the app has rendered (ready_js is true, no exception box)."""
+    cdp.call("Page.navigate", url=url)
+    wait_for(lambda: cdp.js(ready_js), 120, what, interval=0.5)
+    # let the script run finish (the status widget disappears) before looking closer
+    wait_for(
+        lambda: not cdp.js("!!document.querySelector('[data-testid=\"stStatusWidget\"]')"),
+        60,
+        "the script run to finish",
+    )
+    errors = cdp.js(
+        'Array.from(document.querySelectorAll(\'[data-testid="stException"], '
+        '[data-testid="stAlertContentError"]\')).map(e => e.innerText)'
+    )
+    assert errors == [], errors
+
+
+@needs_chromium
+def test_tokens_and_steering_pages_render_in_chromium(served_app, browser, tmp_path):
+    base, store = served_app
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    # Tokens: the heatmap is drawn by plotly.js, the text has one coloured span per token
+    open_page(
+        browser,
+        f"{base}/tokens",
+        "document.querySelectorAll('.js-plotly-plot .heatmaplayer, .js-plotly-plot image').length"
+        " > 0 && document.querySelectorAll('.rs-tok').length > 0",
+        "the Tokens page's heatmap and coloured text",
+    )
+    n_plots = browser.js("document.querySelectorAll('.js-plotly-plot').length")
+    assert n_plots >= 1
+    con = duckdb.connect(store["db"], read_only=True)
+    first_len = con.execute(
+        "SELECT num_tokens FROM sequences WHERE run_id = ? ORDER BY seq_id LIMIT 1",
+        [store["run_id"]],
+    ).fetchall()[0][0]
+    con.close()
+    assert browser.js("document.querySelectorAll('.rs-tok').length") == first_len
+    tooltip = browser.js("document.querySelector('.rs-tok').title")
+    assert all(f"L{layer}: " in tooltip for layer in store["layers"])
+
+    # hover the middle of the heatmap: plotly shows the token's experts at every layer
+    box = browser.js(
+        "(() => { const r = document.querySelector('.js-plotly-plot .nsewdrag')"
+        ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
+    browser.js("document.querySelector('.js-plotly-plot').scrollIntoView({block: 'center'})")
+    box = browser.js(
+        "(() => { const r = document.querySelector('.js-plotly-plot .nsewdrag')"
+        ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
+    for dx in (0, 3):
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0] + dx, y=box[1])
+    hover = wait_for(
+        lambda: browser.js(
+            "(document.querySelector('.js-plotly-plot .hoverlayer .hovertext') || {}).textContent"
+        ),
+        20,
+        "the heatmap's hover label",
+    )
+    assert "layer" in hover and all(f"L{layer}:" in hover for layer in store["layers"])
+    tokens_png = browser.screenshot(shots / "tokens.png")
+
+    # Steering: the preset is listed and loaded into the edit form
+    open_page(
+        browser,
+        f"{base}/steering",
+        "document.body.innerText.includes('Playground') && "
+        "document.querySelectorAll('[data-testid=\"stDataFrame\"]').length > 0",
+        "the Steering page's preset table",
+    )
+    text = browser.js("document.body.innerText")
+    assert "Presets" in text and "Steered collection" in text
+    assert "browser-preset" in text or browser.js(
+        "document.querySelector('[data-testid=\"stDataFrame\"]') !== null"
+    )
+    steering_png = browser.screenshot(shots / "steering.png")
+
+    for png in (tokens_png, steering_png):
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    keep = os.environ.get("ROUTESCOPE_SCREENSHOTS")
+    if keep:  # e.g. to look at them: ROUTESCOPE_SCREENSHOTS=/tmp/shots pytest …
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for png in (tokens_png, steering_png):
+            shutil.copy(png, Path(keep) / png.name)
