@@ -147,42 +147,47 @@ def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
                     e = X[row, layer, j]
                     if e < 0:
                         continue
-                    d = _find(stack, m, e)
                     if service == STREAM:
-                        reqs[task] += 1
-                        hist[task, d + 1] += 1
                         mark[e] = t
                         last[e] = t * kk + j
                         cnt[e] += 1
                         if policy >= BELADY:
                             nu[e] = nxt[t * kk + j]
-                    if d == 0:
-                        continue
+                    # one pass finds e (depth d) and pushes the displaced items down the stack
                     if m == 0:
                         stack[0] = e
                         m = 1
-                        continue
-                    end = d if d >= 0 else m
-                    if policy == BYPASS:
-                        carry = e
-                        start = 0
+                        d = -1
+                    elif stack[0] == e:
+                        d = 0
                     else:
-                        carry = stack[0]
-                        stack[0] = e
-                        start = 1
-                    kc = _key(carry, policy, boost, t, last, cnt, win, mark, nu)
-                    for i in range(start, end):
-                        y = stack[i]
-                        ky = _key(y, policy, boost, t, last, cnt, win, mark, nu)
-                        if ky < kc:  # y leaves the cache of size i+1; carry stays
-                            stack[i] = carry
-                            carry = y
-                            kc = ky
-                    if d >= 0:
-                        stack[d] = carry
-                    else:
-                        stack[m] = carry
-                        m += 1
+                        if policy == BYPASS:  # e itself competes for every cache size
+                            carry = e
+                            start = 0
+                        else:  # e is admitted: on top
+                            carry = stack[0]
+                            stack[0] = e
+                            start = 1
+                        kc = _key(carry, policy, boost, t, last, cnt, win, mark, nu)
+                        d = -1
+                        for i in range(start, m):
+                            y = stack[i]
+                            if y == e:
+                                d = i
+                                break
+                            ky = _key(y, policy, boost, t, last, cnt, win, mark, nu)
+                            if ky < kc:  # y leaves the cache of size i+1; carry stays
+                                stack[i] = carry
+                                carry = y
+                                kc = ky
+                        if d >= 0:
+                            stack[d] = carry
+                        else:
+                            stack[m] = carry
+                            m += 1
+                    if service == STREAM:
+                        reqs[task] += 1
+                        hist[task, d + 1] += 1
             dist[task, m] += 1
     out_hist = np.zeros((n_layers, n_items + 1), dtype=np.int64)
     out_reqs = np.zeros(n_layers, dtype=np.int64)
