@@ -21,9 +21,16 @@ Start: `cold`, or `warm` = the first request of each of a sequence's first C dis
 counts as a hit (as if preloaded). No admitting policy evicts before the cache is full, so warm
 equals cold plus min(C, distinct experts) per sequence. `static` is always preloaded.
 
+Scope: `layer` (a cache per MoE layer; plus a pooled row = all layers' hits over all their
+requests), or `global`: one cache of C·#layers slots over (layer, expert) items, requested token by
+token and within a token layer by layer; under `token`/`simultaneous` service one layer's request
+set of one token is the unit whose hits are decided together.
+
 Granularity: `token`, or `step`: sequences are grouped in batches of `batch_size` consecutive
 sequences (trace order) and a step is one position across the batch's sequences, for prefill and
 decode alike; a step requests the union of its tokens' experts and the cache serves one batch.
+`batch_size` defaults to the run's recorded collection batch size (`trace.meta["batch_size"]`),
+else 1.
 """
 
 from __future__ import annotations
@@ -203,6 +210,7 @@ def cache_hit_rates(
     phase: str = "split",
     batch_size: int | None = None,
     progress: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Hit rate of each policy at each capacity C (experts per layer), long form.
 
@@ -221,6 +229,8 @@ def cache_hit_rates(
             "belady-bypass is defined for stream and token service only; drop it for simultaneous"
         )
     caps = check_capacities(capacities, trace.num_experts)
+    if labels:
+        trace = trace.select_labels(list(labels))
     bsz = int(batch_size if batch_size is not None else trace.meta.get("batch_size", 1) or 1)
     parts = _phases(trace, phase)
     frames: list[pl.DataFrame] = []
