@@ -292,59 +292,41 @@ def plot(fig: Any, key: str) -> None:
     st.plotly_chart(fig, key=key, width="stretch")
 
 
-# ---- steering presets ---------------------------------------------------------------------------
+# ---- steering presets (routescope.steering.presets over a short-lived connection) -------------
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_presets(db: str, version: str, model_id: str | None = None) -> pl.DataFrame:
-    """steering_presets rows (all, or the model's), newest edit first; spec as JSON text."""
-    where, params = ("WHERE model_id = ?", [model_id]) if model_id else ("", [])
-    return read(
-        db,
-        lambda s: s.table(
-            "SELECT preset_id, name, model_id, CAST(spec AS VARCHAR) AS spec, created_at, "
-            f"updated_at FROM steering_presets {where} ORDER BY updated_at DESC, name",
-            params,
-        ),
-    )
+    """Presets (of `model_id`, plus those bound to no model): name, edits, mode, layers, spec JSON."""
+    from routescope.steering import presets as ps
+
+    def q(store: Any) -> pl.DataFrame:
+        frame = ps.list_presets(store.con)
+        if model_id is not None:
+            frame = frame.filter(pl.col("model_id").is_null() | (pl.col("model_id") == model_id))
+        specs = [ps.get_preset(store.con, pid).spec.to_json() for pid in frame["preset_id"]]
+        return frame.with_columns(pl.Series("spec", specs, dtype=pl.Utf8))
+
+    return read(db, q)
 
 
 def save_preset(db: str, name: str, model_id: str, spec: Any, preset_id: str | None = None) -> str:
-    """Create (preset_id None) or update a preset; returns its id. The spec is a validated
-    `SteeringSpec`; names are unique, and a clash is a one-line error."""
-    import uuid
+    """Create (preset_id None) or update/rename a preset after validating it against the run's
+    model; returns its id. A taken or empty name is a one-line PresetError."""
+    from routescope.steering import presets as ps
 
-    from routescope.errors import InvalidParameterError
-
-    name = name.strip()
-    if not name:
-        raise InvalidParameterError("a preset needs a name; type one above")
     with open_store(db, write=True) as store:
-        clash = store.con.execute(
-            "SELECT preset_id FROM steering_presets WHERE name = ? AND preset_id IS DISTINCT FROM ?",
-            [name, preset_id],
-        ).fetchall()
-        if clash:
-            raise InvalidParameterError(
-                f"a preset named {name!r} exists already; pick another name or edit that one"
-            )
         if preset_id is None:
-            preset_id = uuid.uuid4().hex[:12]
-            store.con.execute(
-                "INSERT INTO steering_presets (preset_id, name, model_id, spec) VALUES (?, ?, ?, ?)",
-                [preset_id, name, model_id, spec.to_json()],
-            )
+            p = ps.create_preset(store.con, name, spec, model_id=model_id)
         else:
-            store.con.execute(
-                "UPDATE steering_presets SET name = ?, spec = ?, updated_at = current_timestamp "
-                "WHERE preset_id = ?",
-                [name, spec.to_json(), preset_id],
-            )
+            p = ps.update_preset(store.con, preset_id, spec=spec, new_name=name.strip())
     load_presets.clear()
-    return preset_id
+    return p.preset_id
 
 
 def delete_preset(db: str, preset_id: str) -> None:
+    from routescope.steering import presets as ps
+
     with open_store(db, write=True) as store:
-        store.con.execute("DELETE FROM steering_presets WHERE preset_id = ?", [preset_id])
+        ps.delete_preset(store.con, preset_id)
     load_presets.clear()
 
 

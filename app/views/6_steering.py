@@ -68,6 +68,23 @@ def _expert_changes(lm: Any, spec: SteeringSpec, text: str) -> pl.DataFrame:
     )
 
 
+def steered_job_toml(
+    model: str, prompts: list[str], db: str, name: str, preset: str, max_new_tokens: int
+) -> str:
+    """A collection job (collectors/README.md format) recording `model` under `preset`."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    lines = [
+        f"name = {q(name)}",
+        f"model = {q(model)}",
+        f"db = {q(str(Path(db).resolve()))}",
+        f"steering = {q(preset)}",
+        f"max_new_tokens = {int(max_new_tokens)}",
+    ]
+    for f in prompts:
+        lines += ["", "[[prompts]]", f"path = {q(str(Path(f).resolve()))}"]
+    return "\n".join(lines) + "\n"
+
+
 st.title("Steering")
 run = sh.current_run()
 if run is None:
@@ -84,11 +101,7 @@ read_only = sh.is_parquet(db)
 st.subheader("Presets")
 sh.show_flash()
 if presets.height:
-    listing = presets.with_columns(
-        pl.col("spec")
-        .map_elements(lambda s: len(json.loads(s).get("edits", [])), return_dtype=pl.Int64)
-        .alias("edits")
-    ).select("name", "edits", "spec", "updated_at")
+    listing = presets.select("name", "edits", "mode", "layers", "spec", "updated_at")
     st.dataframe(listing, hide_index=True, key="presets_table")
 else:
     st.caption(f"No presets for {info['model_id']} yet; create one below or from Localization.")
@@ -242,12 +255,14 @@ if names:
                 else "give at least one prompt file (.jsonl, .csv, .parquet or .txt)"
             )
         else:
-            cmd = [sys.executable, "-m", "routescope", "collect", "--model", _model_ref(info)]
-            for f in files:
-                cmd += ["--prompts", f]
-            cmd += ["--db", db, "--name", c_name, "--max-new-tokens", str(c_new)]
-            cmd += ["--steer", c_preset, "--quiet"]
-            log = Path(tempfile.mkdtemp(prefix="routescope-collect-")) / "collect.log"
+            work = Path(tempfile.mkdtemp(prefix="routescope-collect-"))
+            job = work / "steered.toml"
+            job.write_text(
+                steered_job_toml(_model_ref(info), files, db, c_name, c_preset, c_new),
+                encoding="utf-8",
+            )
+            cmd = [sys.executable, "-m", "routescope", "collect", str(job), "--quiet"]
+            log = work / "collect.log"
             with log.open("w") as fh:
                 proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
             st.session_state.setdefault("jobs", []).append((proc, str(log), shlex.join(cmd)))

@@ -299,7 +299,7 @@ def test_presets_are_created_edited_and_deleted(store_copy, monkeypatch):
     db = store_copy["db"]
     l0, l1 = store_copy["layers"][0], store_copy["layers"][-1]
     at = goto(open_app(db, monkeypatch), "steering")
-    assert by_label(at.selectbox, "Preset to edit").value.endswith("new preset")
+    assert by_label(at.selectbox, "Preset to edit").value == "(new preset)"
     at.text_input(key="pname_new").set_value("quiet-code")
     at.multiselect(key="poff_new").set_value([f"L{l0}/e1", f"L{l1}/e2"])
     [b for b in at.button if b.label == "Create preset"][0].click().run()
@@ -459,3 +459,35 @@ def test_cli_builds_the_streamlit_command():
     assert cmd[cmd.index("--server.port") + 1] == "9999"
     assert cmd[cmd.index("--server.headless") + 1] == "true"
     assert cmd[-2:] == ["--db", "/x/y.duckdb"]
+
+
+def test_steered_collection_starts_from_the_app(store_copy, tmp_path, monkeypatch):
+    db, layer = store_copy["db"], store_copy["layers"][0]
+    prompts = tmp_path / "steer_prompts.txt"
+    prompts.write_text("the cat sat on the mat\none two three four five\n", encoding="utf-8")
+    at = goto(open_app(db, monkeypatch), "steering")
+    at.text_input(key="pname_new").set_value("no-e0")
+    at.multiselect(key="poff_new").set_value([f"L{layer}/e0"])
+    [b for b in at.button if b.label == "Create preset"][0].click().run()
+    at.text_input(key="collect_prompts").set_value(str(prompts))
+    at.text_input(key="collect_name").set_value("steered-run")
+    [b for b in at.button if b.label == "Start collection"][0].click().run()
+    assert_clean(at)
+    ((proc, log, cmd),) = at.session_state["jobs"]
+    assert proc.wait(timeout=300) == 0, Path(log).read_text()
+    at.run()
+    assert_clean(at)
+    assert any("finished" in e.label for e in at.expander)
+    assert sql(db, "SELECT steering_id, status FROM runs WHERE run_id = 'steered-run'") == [
+        ("no-e0", "complete")
+    ]
+    n_seq = sql(db, "SELECT count(*) FROM sequences WHERE run_id = 'steered-run'")[0][0]
+    assert n_seq == 2
+    # the preset deactivated expert 0 at that layer: the steered routing never selects it
+    used = sql(
+        db,
+        "SELECT count(*) FROM route_choices WHERE run_id = 'steered-run' AND layer = ? "
+        "AND expert = 0",
+        [layer],
+    )[0][0]
+    assert used == 0
