@@ -72,13 +72,21 @@ def is_parquet(db: str) -> bool:
     return Path(db).is_dir()
 
 
+#: Seconds a read waits for a collection job to release the file before the app falls back to
+#: the data it last read (a job holds the lock while it commits; see `readable_version`).
+LOCK_TIMEOUT = 5.0
+
+#: db path → the last store version read successfully in this app process.
+_LAST_GOOD: dict[str, str] = {}
+
+
 @contextmanager
 def open_store(db: str, write: bool = False) -> Iterator[Any]:
     """A `RoutingStore` over a fresh connection, closed on exit (releases the file lock)."""
     from routescope.store.dataset import connect_store
     from routescope.store.store import RoutingStore
 
-    con = connect_store(db, read_only=not write)
+    con = connect_store(db, read_only=not write, lock_timeout=LOCK_TIMEOUT if not write else 15.0)
     try:
         yield RoutingStore(db, read_only=not write, connection=con)
     finally:
@@ -155,6 +163,24 @@ def save_note(db: str, model_id: str, layer: int, expert: int, label: str, note:
     load_notes.clear()
 
 
+def readable_version(db: str) -> tuple[str, str | None]:
+    """(version to read, warning or None). When another process holds the file for longer than
+    LOCK_TIMEOUT, fall back to the last version this app read (its cached results), with a note."""
+    version = store_version(db)
+    try:
+        load_runs(db, version)
+    except RoutescopeError as exc:
+        last = _LAST_GOOD.get(db)
+        if last is None or "lock" not in str(exc).lower():
+            raise
+        return last, (
+            "The database is busy (another process, e.g. a collection job, holds it for writing); "
+            "showing the data as last read. Reload the page later for newer data."
+        )
+    _LAST_GOOD[db] = version
+    return version, None
+
+
 # ---- page scaffolding ---------------------------------------------------------------------------
 DEMO_HELP = """\
 To get started, record the demo model's routing (a small MoE model shipped with routescope) and
@@ -179,22 +205,25 @@ def current_run() -> tuple[str, str, str] | None:
     """(db, version, run_id) of the run picked in the sidebar, or None (after showing why)."""
     db = db_path()
     run_id = st.session_state.get(RUN_KEY)
-    if run_id is None and RUN_KEY not in st.session_state and Path(db).exists():
+    if not Path(db).exists():
+        empty_state(db, f"No routing database at `{db}` yet.")
+        return None
+    try:
+        version, busy = readable_version(db)
+    except RoutescopeError as exc:
+        show_error(exc)
+        return None
+    if busy:
+        st.warning(busy)
+    if run_id is None and RUN_KEY not in st.session_state:
         # a page run on its own (no sidebar yet in this session): default to the newest run
-        try:
-            runs = load_runs(db, store_version(db))
-        except RoutescopeError as exc:
-            show_error(exc)
-            return None
+        runs = load_runs(db, version)
         run_id = runs["run_id"][0] if runs.height else None
         st.session_state[RUN_KEY] = run_id
     if not run_id:
-        if not Path(db).exists():
-            empty_state(db, f"No routing database at `{db}` yet.")
-        else:
-            empty_state(db, f"The database `{db}` holds no runs yet.")
+        empty_state(db, f"The database `{db}` holds no runs yet.")
         return None
-    return db, store_version(db), str(run_id)
+    return db, version, str(run_id)
 
 
 def show_error(exc: BaseException) -> None:
@@ -247,7 +276,7 @@ def run_picker(db: str) -> str | None:
         st.session_state[RUN_KEY] = None
         return None
     try:
-        runs = load_runs(db, store_version(db))
+        runs = load_runs(db, readable_version(db)[0])
     except RoutescopeError as exc:
         st.sidebar.error(str(exc).splitlines()[0])
         st.session_state[RUN_KEY] = None

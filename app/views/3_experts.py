@@ -52,13 +52,15 @@ with c1:
     phase = st.selectbox("Phase", ["all", "prefill", "decode"], key="experts_phase")
 with c2:
     layer = sh.layer_select(layers, key="experts_layer")
+with sh.guarded():
+    load, summary = _load(db, version, run_id, phase)
+if "expert_id" not in st.session_state:  # start with the layer's busiest expert
+    at_layer = load.filter(pl.col("layer") == layer).sort("count", descending=True)
+    st.session_state["expert_id"] = int(at_layer["expert"][0])
 with c3:
     expert = int(
         st.number_input("Expert", min_value=0, max_value=trace.num_experts - 1, key="expert_id")
     )
-
-with sh.guarded():
-    load, summary = _load(db, version, run_id, phase)
 
 st.subheader("Load")
 sh.plot(annotate_experts(load_heatmap(load), labels_by_expert), key="load_heatmap")

@@ -491,3 +491,47 @@ def test_steered_collection_starts_from_the_app(store_copy, tmp_path, monkeypatc
         [layer],
     )[0][0]
     assert used == 0
+
+
+HOLDER = r"""
+import sys, time
+from pathlib import Path
+import duckdb
+db, ready, stop = sys.argv[1:4]
+while True:
+    try:
+        con = duckdb.connect(db)
+        break
+    except duckdb.IOException:
+        time.sleep(0.02)
+con.execute("INSERT OR REPLACE INTO meta VALUES ('held', '1')")  # the file changes: new data
+Path(ready).write_text("1")
+while not Path(stop).exists():
+    time.sleep(0.05)
+con.close()
+"""
+
+
+def test_a_writer_holding_the_file_shows_the_last_data_with_a_note(
+    store_copy, tmp_path, monkeypatch
+):
+    db = store_copy["db"]
+    at = goto(open_app(db, monkeypatch), "tokens")
+    assert chart_specs(at) and not at.warning
+    monkeypatch.setattr(sys.modules["_shared"], "LOCK_TIMEOUT", 0.5)
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, db, str(ready), str(stop)])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists()
+        for page in ("tokens", "runs"):
+            goto(at, page)
+            assert any("busy" in w.value for w in at.warning), page
+            assert chart_specs(at) or at.dataframe, page
+    finally:
+        stop.write_text("stop")
+        holder.wait(timeout=30)
+    goto(at, "tokens")
+    assert not at.warning and chart_specs(at)
