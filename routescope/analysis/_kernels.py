@@ -138,16 +138,17 @@ def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
                             continue
                         reqs[task] += 1
                         hist[task, depth[j] + 1] += 1
-                        mark[e] = t
-                        last[e] = t * kk + j
-                        cnt[e] += 1
-                        if policy >= BELADY:
-                            nu[e] = nxt[t * kk + j]
+                        if service == SIMULTANEOUS:  # the whole token is served at once
+                            mark[e] = t
+                            last[e] = t * kk + j
+                            cnt[e] += 1
+                            if policy >= BELADY:
+                                nu[e] = nxt[t * kk + j]
                 for j in range(kk):
                     e = X[row, layer, j]
                     if e < 0:
                         continue
-                    if service == STREAM:
+                    if service != SIMULTANEOUS:  # stream and token: served in rank order
                         mark[e] = t
                         last[e] = t * kk + j
                         cnt[e] += 1
@@ -364,6 +365,8 @@ def _window_stats(X, offsets, chunks, n_experts, seg):
         last_g = np.zeros(seg + 2, dtype=np.int64)
         a = np.zeros(n_experts, dtype=np.int64)
         last_a = np.zeros(n_experts, dtype=np.int64)
+        s_loc = np.zeros(n_experts, dtype=np.int64)
+        g_loc = np.zeros(seg + 1, dtype=np.int64)
         for s in range(chunks[ch], chunks[ch + 1]):
             start, stop = offsets[s], offsets[s + 1]
             T = stop - start
@@ -377,13 +380,11 @@ def _window_stats(X, offsets, chunks, n_experts, seg):
             last_a[:] = 0
             g[0] = n_experts
             for u in range(seg):
-                _window_update(
-                    X, start + u, layer, 1, 0, n, g, lo, a, last_a, last_g, S[task], G[task]
-                )
+                _window_update(X, start + u, layer, 1, 0, n, g, lo, a, last_a, last_g, s_loc, g_loc)
             nw = T - seg + 1
             for w in range(1, nw):
                 _window_update(
-                    X, start + w - 1, layer, -1, w, n, g, lo, a, last_a, last_g, S[task], G[task]
+                    X, start + w - 1, layer, -1, w, n, g, lo, a, last_a, last_g, s_loc, g_loc
                 )
                 _window_update(
                     X,
@@ -397,14 +398,16 @@ def _window_stats(X, offsets, chunks, n_experts, seg):
                     a,
                     last_a,
                     last_g,
-                    S[task],
-                    G[task],
+                    s_loc,
+                    g_loc,
                 )
             for i in range(n_experts):
-                _touch_pos(i, nw, a, last_a, S[task])
+                _touch_pos(i, nw, a, last_a, s_loc)
             for v in range(seg + 1):
-                _touch_val(v, nw, g, last_g, G[task])
+                _touch_val(v, nw, g, last_g, g_loc)
             W[task] += nw
+        S[task, :] = s_loc
+        G[task, :] = g_loc
     outG = np.zeros((n_layers, seg + 1), dtype=np.int64)
     outS = np.zeros((n_layers, n_experts), dtype=np.int64)
     outW = np.zeros(n_layers, dtype=np.int64)

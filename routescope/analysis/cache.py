@@ -10,10 +10,10 @@ capacity. `static` is the best fixed placement, read off per-sequence request co
 
 Service models:
 - `stream`: demand paging over the flattened stream; a hit is decided at the access.
-- `token`: a token's hits are decided against the cache before the token; then its experts that
-  are not resident are admitted in rank order (when C < k an earlier admission of the same token
-  may evict one of its hits, which is then re-admitted). The moe-lrc accounting; its "Belady" is
-  the paper's convention, not a bound.
+- `token`: the moe-lrc reference accounting: a token's hits are decided against the cache as it
+  stood before the token; then its experts are served in rank order exactly as under `stream`
+  (same cache states, priorities updated as each expert is served, a not-yet-served expert of the
+  token may be evicted and re-admitted). Its "Belady" is that paper's convention, not a bound.
 - `simultaneous`: all of a token's requests must be resident together; defined for capacities at
   least the largest request set (k per token), null below that.
 

@@ -50,7 +50,7 @@ def ref_hits(seq: list[list[int]], C: int, policy: str, service: str, start: str
         if policy.startswith("lookahead"):
             n = sum(1 for tt in range(t, min(t + window, len(seq))) if x in seq[tt])
             return (n - (x in served), last[x])
-        return (-next_use(x, t, j if service == "stream" else 10**6),)
+        return (-next_use(x, t, 10**6 if service == "simultaneous" else j),)
 
     def admit(e: int, t: int, j: int, row: list[int], served: set[int]) -> None:
         if len(cache) < C:
@@ -77,7 +77,17 @@ def ref_hits(seq: list[list[int]], C: int, policy: str, service: str, start: str
                     hits += 1
                 if e not in cache:
                     admit(e, t, j, row, set(row[: j + 1]))
-        else:
+        elif service == "token":  # hits against the cache before the token, then as stream
+            before = set(cache)
+            for e in row:
+                first = e not in seen
+                seen.add(e)
+                hits += e in before or (first and e in warm)
+            for j, e in enumerate(row):
+                last[e], count[e] = t * 1000 + j, count[e] + 1
+                if e not in cache:
+                    admit(e, t, j, row, set(row[: j + 1]))
+        else:  # simultaneous: the whole token is served at once; its experts are not evictable
             before = set(cache)
             for j, e in enumerate(row):
                 first = e not in seen
@@ -141,20 +151,30 @@ def test_lfu_fifo_static_lookahead_bypass_by_hand():
 
 
 def test_three_service_models_differ_by_hand():
-    # E=4, k=2, C=3, Belady. Requests (flattened index in brackets):
-    # t0 [0,1] (0,1)  t1 [3,2] (2,3)  t2 [1,0] (4,5)  t3 [3,2] (6,7)  t4 [1,0] (8,9)
-    # stream: at 2 evict 3 (next 6 is farthest); 1,0 hit; at 3 evict 0 (next 9); 2,1 hit; 0 miss
-    #         -> 4 hits.
-    # token: t1 admits 3 then 2, evicting 3 (next use t3, farthest); t2 both hit; t3 2 hits, 3 is
-    #        admitted evicting 2 (never needed again); t4 both hit -> 5 hits.
+    # FIFO, E=4, k=2, C=2; tokens t0 [1,0]  t1 [1,3]  t2 [2,1]  t3 [0,2]
+    # stream: 1m 0m | 1h 3m(evict 1) | 2m(evict 0) 1m(evict 3) | 0m(evict 2) 2m(evict 1) -> 1
+    # token:  t1: 1 was resident before the token: hit; 3 evicts 1 | t2: cache {0,3}: no hit;
+    #         2 evicts 0, 1 evicts 3 | t3: cache {2,1}: 2 hits; 0 evicts 2, 2 re-admitted -> 2
+    # simultaneous: t1: 1 hit, 3 may not evict 1 (requested now): evicts 0 | t2: 1 hit, 2 evicts
+    #         3 | t3: 2 hit, 0 evicts 1 -> 3
+    tr = one_seq([[1, 0], [1, 3], [2, 1], [0, 2]], E=4)
+    got = {
+        s: rate(cache_hit_rates(tr, ["fifo"], [2], service=s, phase="all"), "fifo", 2)
+        for s in ("stream", "token", "simultaneous")
+    }
+    assert got == pytest.approx({"stream": 1 / 8, "token": 2 / 8, "simultaneous": 3 / 8})
+    # Belady, E=4, k=2, C=3; requests (flattened index): t0 [0,1] (0,1)  t1 [3,2] (2,3)
+    # t2 [1,0] (4,5)  t3 [3,2] (6,7)  t4 [1,0] (8,9)
+    # stream: at 2 evict 3 (next at 6 is farthest); 1,0 hit; at 3 evict 0 (next 9); 2,1 hit;
+    #         0 misses -> 4. token keeps stream's cache states and counts t2: 2, t3: 1, t4: 1 -> 4.
     # simultaneous: t1 cannot evict 3, evicts 0; t2 1 hits, 0 evicts 2; t3 3 hits, 2 evicts 0;
-    #        t4 1 hits -> 3 hits.
+    #         t4 1 hits -> 3.
     tr = one_seq([[0, 1], [3, 2], [1, 0], [3, 2], [1, 0]], E=4)
     got = {
         s: rate(cache_hit_rates(tr, ["belady"], [3], service=s, phase="all"), "belady", 3)
         for s in ("stream", "token", "simultaneous")
     }
-    assert got == pytest.approx({"stream": 4 / 10, "token": 5 / 10, "simultaneous": 3 / 10})
+    assert got == pytest.approx({"stream": 4 / 10, "token": 4 / 10, "simultaneous": 3 / 10})
     # simultaneous needs room for a whole token: C < k is null
     df = cache_hit_rates(tr, ["lru"], [1, 2], service="simultaneous", phase="all")
     assert rate(df, "lru", 1) is None and rate(df, "lru", 2) is not None
