@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from routescope.models.demo import DEMO_DOMAINS, DEMO_MODEL_PATH
-from routescope.models.demo.corpus import build_corpus, load_corpus
+from routescope.models.demo.corpus import build_corpus, corpus_digest, load_corpus
 from routescope.models.demo.train import WORK_DIR, encode_domains
 
 
@@ -135,6 +135,7 @@ def evaluate(model_dir: Path, max_windows: int = 200, seq_len: int = 128) -> dic
         "repetition": rep.tolist(),
         "num_experts": cfg.num_experts,
         "top_k": cfg.num_experts_per_tok,
+        "corpus_sha256": corpus_digest(corpus_dir),
     }
 
 
@@ -173,6 +174,8 @@ def to_markdown(res: dict) -> str:
         f"\nTop-1 repetition of consecutive tokens per layer: {rep} (chance 1/E = "
         f"{1 / res['num_experts']:.3f})."
     )
+    digest = ", ".join(f"{d} {h}" for d, h in res["corpus_sha256"].items())
+    lines.append(f"\nCorpus sha256 (first 16 hex digits): {digest}.")
     return "\n".join(lines)
 
 
