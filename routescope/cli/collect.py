@@ -77,8 +77,8 @@ def collect(
     try:
         result = run_job(job, quiet=quiet)
     except CollectionInterrupted as exc:
-        err.print(f"[yellow]{exc}[/]", highlight=False)
-        raise typer.Exit(130) from None
+        err.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+        raise SystemExit(130) from None  # (typer.Exit's code is lost under standalone_mode=False)
     if not quiet:
         if result.sequences_written == 0:
             msg = f"run {result.run_id} was already complete ({result.sequences_total} sequences)"
@@ -89,4 +89,4 @@ def collect(
             )
             if result.sequences_skipped:
                 msg += f"; {result.sequences_skipped} already stored were skipped"
-        err.print(f"{msg} → {result.db}", highlight=False)
+        err.print(f"{msg} → {result.db}", highlight=False, soft_wrap=True)

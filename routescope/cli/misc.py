@@ -34,7 +34,11 @@ def runs(
         ("labels", "left"),
         ("status", "left"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(  # the run id is what users copy: wrap it, never cut it
+            col,
+            justify=justify,
+            overflow="fold" if col == "run" else "ellipsis",  # type: ignore[arg-type]
+        )
     for row in frame.iter_rows(named=True):
         name = (
             row["run_id"]
@@ -88,4 +92,5 @@ def export(
             f"exported run {run_id} to {parquet}: {counts['routes']:,} route rows, "
             f"{counts['tokens']:,} tokens, {counts['sequences']:,} sequences",
             highlight=False,
+            soft_wrap=True,
         )

@@ -301,7 +301,7 @@ def _collect(
         TextColumn("{task.fields[tps]:>8.0f} tok/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=quiet,
+        disable=quiet or not batches,
         transient=False,
     )
     batch_size = job.batch_size
