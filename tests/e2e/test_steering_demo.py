@@ -25,7 +25,7 @@ def test_domain_experts_matter_more_than_random_ones(demo_model) -> None:
     lm = LoadedModel.from_model(model, tok, model_id="demo")
     domains = DEMO_DOMAINS
     files = {d: DEMO_PROMPTS_DIR / f"{d}.jsonl" for d in domains}
-    res = run_experiment(lm, files, n_off=10, n_train=16, n_eval=8, draws=10, seed=0)
+    res = run_experiment(lm, files, n_off=10, n_train=40, n_eval=10, draws=10, seed=0)
     assert [d.domain for d in res.domains] == list(domains)
     for d in res.domains:
         assert len(d.spec.edits) == 10
