@@ -307,6 +307,18 @@ def test_cli_collect_runs_export(tmp_path, lm, prompt_files, monkeypatch, capsys
     assert err.startswith("error: no run 'nope'") and err.count("\n") == 1
     assert cli("collect", "--quiet") == 2
     assert "nothing to collect" in capsys.readouterr().err
+    # Ctrl-C during a run: exit code 130, one line saying how to resume, status 'interrupted'
+    fake_engine_module.collect_batch = FakeEngine(fail_on=1, exc=KeyboardInterrupt())
+    assert cli("collect", str(job), "--name", "cli-int", "--batch-size", "2", "--quiet") == 130
+    err = capsys.readouterr().err
+    assert "keeps 2 of 9 sequences" in err and "re-run the same command" in err
+    assert err.count("\n") == 1
+    fake_engine_module.collect_batch = FakeEngine()
+    assert cli("collect", str(job), "--name", "cli-int", "--batch-size", "2") == 0
+    assert "7 sequences" in capsys.readouterr().err  # the 2 stored ones were skipped
+    with RoutingStore(db, read_only=True) as store:
+        assert store.run_info("cli-int")["status"] == "complete"
+        assert store.stored_seq_ids("cli-int") == set(range(9))
 
 
 def test_small_engine_batches_are_grouped_into_fewer_transactions(tmp_path, lm, prompt_files):
