@@ -88,6 +88,18 @@ def load_job_model(job: JobSpec) -> Any:
     )
 
 
+def resolve_steering(ref: str, lm: Any, store: Any) -> tuple[Any, str, dict]:
+    """A job's `steering` (spec file or preset name in the store) → (engine edit, steering_id,
+    spec as a dict). The spec is validated against the model; steering_id is the preset id, or
+    the spec file's path."""
+    from routescope.steering.interventions import as_router_edit
+    from routescope.steering.presets import resolve_spec
+
+    spec, preset_id = resolve_spec(ref, store.con)
+    edit = as_router_edit(lm, spec)  # validates layers/experts against the model
+    return edit, preset_id or ref, spec.to_dict()
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -167,6 +179,11 @@ def run_job(
         if lm.tokenizer is None:
             raise JobSpecError(f"model {job.model} has no tokenizer; it is needed to tokenize")
         tokenized = tokenize_prompts(prompts, lm.tokenizer, job.max_length)
+        config = job.identity()
+        steering_edit, steering_id = None, None
+        if job.steering is not None:
+            steering_edit, steering_id, spec_dict = resolve_steering(job.steering, lm, store)
+            config["steering_spec"] = spec_dict  # an edited preset is a different run
         store.create_or_resume_run(
             run_id,
             name=job.name or run_id,
@@ -181,8 +198,8 @@ def run_job(
             model_revision=getattr(lm, "revision", None),
             dtype=str(getattr(lm, "dtype", job.dtype)).removeprefix("torch."),
             device=str(getattr(lm, "device", job.device)),
-            steering_id=job.steering,
-            config=job.identity(),
+            steering_id=steering_id,
+            config=config,
             versions=_versions(),
         )
         stored = store.stored_seq_ids(run_id)
@@ -200,6 +217,7 @@ def run_job(
             after_batch,
             flush_rows,
             flush_seconds,
+            steering_edit,
         )
         result.sequences_skipped = len(tokenized) - len(todo)
         return result
@@ -279,6 +297,7 @@ def _collect(
     after_batch: Callable[[int], None] | None,
     flush_rows: int,
     flush_seconds: float,
+    steering_edit: Any = None,
 ) -> RunResult:
     from rich.progress import (
         BarColumn,
@@ -320,7 +339,7 @@ def _collect(
                     [tokenized[i].input_ids for i in seq_ids],
                     max_new_tokens=job.max_new_tokens,
                     save_probs=job.save_probs,
-                    steering=None,
+                    steering=steering_edit,
                 )
                 if batch.num_sequences != len(seq_ids):
                     raise RuntimeError(

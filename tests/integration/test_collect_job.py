@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 from routescope.collect.engine import collect_batch
@@ -232,3 +233,38 @@ def test_interrupted_job_resumed_equals_uninterrupted(tmp_path, lm, prompt_files
     # each token's experts are distinct and in range
     assert (tr.experts >= 0).all() and (tr.experts < 8).all()
     assert (tr.experts[:, :, 0] != tr.experts[:, :, 1]).all()
+
+
+def test_steered_job_records_the_edit(tmp_path, lm, prompt_files):
+    """A job with `steering` = a spec file deactivating an expert never records that expert
+    at that layer; other layers' first-token routing is unchanged up to the edited layer."""
+    db = str(tmp_path / "steer.duckdb")
+    base = run_job(
+        job_from_options(prompt_files, db=db, batch_size=4, model="tiny/olmoe"),
+        quiet=True,
+        lm=lm,
+        collect_fn=collect_batch,
+    )
+    with RoutingStore(db, read_only=True) as store:
+        tr = store.load_trace(base.run_id)
+    layer = lm.moe_layers[1]
+    col = tr.layer_position(layer)
+    counts = np.bincount(tr.experts[:, col, :].ravel(), minlength=8)
+    busiest = int(counts.argmax())
+    assert counts[busiest] > 0
+    spec = tmp_path / "off.toml"
+    spec.write_text(f'[[edits]]\nlayer = {layer}\nexpert = {busiest}\naction = "deactivate"\n')
+    job = job_from_options(
+        prompt_files, db=db, batch_size=4, model="tiny/olmoe", steering=str(spec)
+    )
+    steered = run_job(job, quiet=True, lm=lm, collect_fn=collect_batch)
+    assert steered.run_id != base.run_id
+    with RoutingStore(db, read_only=True) as store:
+        st = store.load_trace(steered.run_id)
+        info = store.run_info(steered.run_id)
+    assert info["steering_id"] == str(spec)
+    assert info["config"]["steering_spec"]["edits"][0]["expert"] == busiest
+    assert not (st.experts[:, col, :] == busiest).any()
+    # layers before the edited one route exactly as without steering
+    first = tr.layer_position(lm.moe_layers[0])
+    np.testing.assert_array_equal(st.experts[:, first, :], tr.experts[:, first, :])
