@@ -107,6 +107,11 @@ cols = st.columns(len(phases) or 1)
 for col, ph in zip(cols, phases, strict=False):
     with col:
         sh.plot(cache_figure(hits, ph, where), key=f"cache_chart_{ph}")
+st.caption(
+    "Cold start: each sequence's first request of an expert is a miss, which caps every "
+    "admitting policy below 1. `static` is different: the C experts the sequence uses most, "
+    "preloaded and never replaced, so Belady does not bound it."
+)
 if service == "token":
     st.caption(
         "token service is the moe-lrc accounting: its 'belady' is that paper's convention, "

@@ -73,7 +73,11 @@ with named:
     for p in query.params:
         default = run_id if p == "run_id" else ""
         text = st.text_input(
-            p, value=default, help=query.param_docs.get(p), key=f"param_{name}_{p}"
+            p,
+            value=default,
+            placeholder="empty: the query's default",
+            help=query.param_docs.get(p),
+            key=f"param_{name}_{p}",
         )
         if text.strip():
             params[p] = q.parse_value(text.strip())

@@ -74,8 +74,11 @@ def dashboard(
         ) from None
     env = {**os.environ, DB_ENV: str(Path(db).expanduser().resolve())}
     typer.echo(f"routescope dashboard on http://{address}:{port} (db: {env[DB_ENV]})", err=True)
+    cmd = streamlit_command(env[DB_ENV], port, headless, address)
+    if os.name == "posix":  # become the server: Ctrl-C and kill reach streamlit directly
+        os.execve(cmd[0], cmd, env)
     try:
-        code = subprocess.call(streamlit_command(env[DB_ENV], port, headless, address), env=env)
+        code = subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         code = 0
     if code:
