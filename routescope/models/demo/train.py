@@ -2,7 +2,8 @@
 
 ``python -m routescope.models.demo.train`` rebuilds everything from text available offline and
 writes the shipped model and tokenizer to ``routescope/models/demo/model/``. Reproducible: a fixed
-seed, a fixed step count, deterministic corpus order, single process, ``torch.set_num_threads(2)``.
+seed, a fixed step count, deterministic corpus order, single process, ``--threads`` torch threads
+(default 2; the shipped model used 1 on a shared machine).
 The load-balancing loss is OLMoE's (Switch-style) router auxiliary loss, which the Hugging Face
 model adds to the LM loss itself when ``output_router_logits`` is set.
 """
