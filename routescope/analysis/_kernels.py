@@ -82,10 +82,13 @@ def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
     for s in range(len(offsets) - 1):
         max_len = max(max_len, offsets[s + 1] - offsets[s])
     boost = service == SIMULTANEOUS
+    # keys that change only when their item is served can be cached beside the stack
+    cached = policy != LOOKAHEAD and service != SIMULTANEOUS
     for task in prange(n_tasks):
         layer = task // n_chunks
         ch = task % n_chunks
         stack = np.empty(n_items, dtype=np.int64)
+        sk = np.empty(n_items, dtype=np.int64)
         last = np.zeros(n_items, dtype=np.int64)
         cnt = np.zeros(n_items, dtype=np.int64)
         win = np.zeros(n_items, dtype=np.int64)
@@ -154,37 +157,54 @@ def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
                         cnt[e] += 1
                         if policy >= BELADY:
                             nu[e] = nxt[t * kk + j]
-                    # one pass finds e (depth d) and pushes the displaced items down the stack
+                    # one pass finds e (depth d) and pushes the displaced items down the stack;
+                    # sk[i] caches the key of stack[i] where keys change only when served
+                    ke = _key(e, policy, boost, t, last, cnt, win, mark, nu)
                     if m == 0:
                         stack[0] = e
+                        sk[0] = ke
                         m = 1
                         d = -1
                     elif stack[0] == e:
+                        sk[0] = ke
                         d = 0
                     else:
                         if policy == BYPASS:  # e itself competes for every cache size
                             carry = e
+                            kc = ke
                             start = 0
                         else:  # e is admitted: on top
                             carry = stack[0]
+                            kc = (
+                                sk[0]
+                                if cached
+                                else _key(carry, policy, boost, t, last, cnt, win, mark, nu)
+                            )
                             stack[0] = e
+                            sk[0] = ke
                             start = 1
-                        kc = _key(carry, policy, boost, t, last, cnt, win, mark, nu)
                         d = -1
                         for i in range(start, m):
                             y = stack[i]
                             if y == e:
                                 d = i
                                 break
-                            ky = _key(y, policy, boost, t, last, cnt, win, mark, nu)
+                            ky = (
+                                sk[i]
+                                if cached
+                                else _key(y, policy, boost, t, last, cnt, win, mark, nu)
+                            )
                             if ky < kc:  # y leaves the cache of size i+1; carry stays
                                 stack[i] = carry
+                                sk[i] = kc
                                 carry = y
                                 kc = ky
                         if d >= 0:
                             stack[d] = carry
+                            sk[d] = kc
                         else:
                             stack[m] = carry
+                            sk[m] = kc
                             m += 1
                     if service == STREAM:
                         reqs[task] += 1
