@@ -155,3 +155,51 @@ def test_hook_path_agrees_with_collect_batch(lm: LoadedModel, base) -> None:
             assert hooked.keys() == rec.keys()
             for key in hooked:
                 assert hooked[key] == pytest.approx(rec[key], abs=1e-6)
+
+
+def test_steered_collection_job_records_the_edit(tmp_path) -> None:
+    """A collection job with `steering = PRESET` (or a spec file) records routing that shows the
+    edit, and stores the preset id in runs.steering_id."""
+    import duckdb
+    from test_collect_job import PROSE, build_tiny_olmoe, make_tokenizer
+
+    from routescope.collect.jobs import job_from_options
+    from routescope.collect.runner import run_job
+    from routescope.steering.presets import create_preset
+    from routescope.store.store import RoutingStore
+
+    lm = LoadedModel.from_model(build_tiny_olmoe(seed=3), make_tokenizer(), model_id="tiny/olmoe")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROSE))
+    db = tmp_path / "s.duckdb"
+    spec = SteeringSpec.from_edits([(0, 1, "deactivate"), (1, 4, "deactivate"), (2, 6, "activate")])
+    with RoutingStore(db) as store:
+        preset = create_preset(store.con, "off", spec)
+        for name, steering in (("plain", None), ("steered", "off")):
+            job = job_from_options(
+                [str(prompts)], db=str(db), name=name, steering=steering, max_new_tokens=2
+            )
+            run_job(job, quiet=True, lm=lm, store=store)
+        spec_file = tmp_path / "spec.json"
+        spec_file.write_text(spec.to_json())
+        job = job_from_options(
+            [str(prompts)], db=str(db), name="from-file", steering=str(spec_file)
+        )
+        run_job(job, quiet=True, lm=lm, store=store)
+    con = duckdb.connect(str(db), read_only=True)
+    ids = dict(con.execute("SELECT run_id, steering_id FROM runs").fetchall())
+    assert ids == {"plain": None, "steered": preset.preset_id, "from-file": str(spec_file)}
+
+    def count(run: str, layer: int, expert: int) -> tuple[int, int]:
+        return con.execute(
+            "SELECT count(*) FILTER (list_contains(experts, ?)), count(*) FROM routes "
+            "WHERE run_id = ? AND layer = ?",
+            [expert, run, layer],
+        ).fetchone()
+
+    assert count("plain", 0, 1)[0] > 0 and count("plain", 1, 4)[0] > 0
+    for run in ("steered", "from-file"):
+        assert count(run, 0, 1)[0] == 0 and count(run, 1, 4)[0] == 0
+        hit, total = count(run, 2, 6)
+        assert hit == total > 0
+    con.close()
