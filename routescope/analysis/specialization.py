@@ -346,3 +346,20 @@ def router_saturation(trace_a: Trace, trace_b: Trace) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(out, schema_overrides={"layer": pl.Int32})
+
+
+def top_specialized_experts(
+    spec: pl.DataFrame, by: str = "label", per_group: int = 1, min_ratio_uniform: float = 0.0
+) -> pl.DataFrame:
+    """From `domain_specialization` output: per (layer, group) the `per_group` experts with the
+    highest ratio_other (ties broken by share), keeping those at >= min_ratio_uniform x uniform.
+
+    The "most domain-specific experts" summary shown by `routescope demo`.
+    """
+    return (
+        spec.filter(pl.col("ratio_uniform") >= min_ratio_uniform)
+        .with_columns(pl.col("ratio_other").fill_null(float("inf")))
+        .sort(["layer", by, "ratio_other", "share"], descending=[False, False, True, True])
+        .group_by(["layer", by], maintain_order=True)
+        .head(per_group)
+    )

@@ -8,6 +8,7 @@ from routescope.cli import (  # noqa: F401  (imported for their command registra
     analyze,
     collect,
     dashboard,
+    demo,
     localize,
     misc,
     sql,
@@ -20,7 +21,9 @@ from routescope.errors import RoutescopeError
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except RoutescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

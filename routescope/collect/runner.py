@@ -57,7 +57,9 @@ def read_job_prompts(job: JobSpec) -> list[Prompt]:
 
 def resolve_model_path(model: str) -> str:
     """'demo' → the shipped demo model's directory (clear error if it is not there)."""
-    if model != DEMO_MODEL:
+    from routescope.models.loading import DEMO_MODEL_ID
+
+    if model not in (DEMO_MODEL, DEMO_MODEL_ID):
         return model
     try:
         from routescope.models.demo import DEMO_MODEL_PATH
@@ -75,17 +77,19 @@ def resolve_model_path(model: str) -> str:
     return str(path)
 
 
-def load_job_model(job: JobSpec) -> Any:
+def load_job_model(job: JobSpec, quiet: bool = False) -> Any:
     """Load the job's model as a `routescope.models.LoadedModel` (torch imported only here)."""
     from routescope.models import load_model
 
-    return load_model(
+    lm = load_model(
         resolve_model_path(job.model),
         dtype=job.dtype,
         device=job.device,
         trust_remote_code=job.trust_remote_code,
         revision=job.revision,
+        quiet=quiet,
     )
+    return lm
 
 
 def resolve_steering(ref: str, lm: Any, store: Any) -> tuple[Any, str, dict]:
@@ -171,7 +175,7 @@ def run_job(
     run_id = job.run_id
     try:
         if lm is None:
-            lm = load_job_model(job)
+            lm = load_job_model(job, quiet=quiet)
         if collect_fn is None:
             from routescope.collect.engine import collect_batch
 

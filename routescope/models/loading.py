@@ -140,14 +140,17 @@ def load_model(
     device_map: str | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    quiet: bool = False,
 ) -> LoadedModel:
     """Load a hub id or local directory as a ``LoadedModel``; fails fast on unsupported families.
+
+    ``quiet`` hides transformers' weight-loading progress bar.
 
     The config is read first, so an unsupported or dense model is rejected before any weights load.
     """
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
-    model = os.path.expanduser(model)
+    model = os.path.expanduser(_demo_alias(model))
     looks_like_path = model.startswith(("/", "./", "../")) or model.count("/") > 1
     if looks_like_path and not os.path.exists(model):
         raise ModelLoadError(
@@ -178,10 +181,18 @@ def load_model(
     }
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load weights of {model!r}: {_first_line(exc)}") from exc
+    finally:
+        if quiet and bars_were_on:
+            hf_logging.enable_progress_bar()
     if device_map is None:
         hf_model = hf_model.to(device)
     try:
@@ -190,6 +201,23 @@ def load_model(
         )
     except (OSError, ValueError, TypeError):
         tokenizer = None
-    lm = LoadedModel.from_model(hf_model, tokenizer, model_id=model)
+    is_demo = os.path.realpath(model) == os.path.realpath(_demo_path())
+    lm = LoadedModel.from_model(hf_model, tokenizer, model_id=DEMO_MODEL_ID if is_demo else model)
     lm.revision = revision
     return lm
+
+
+#: the model_id recorded for the shipped demo model: its path differs between checkouts, and
+#: expert notes and presets are keyed by model_id
+DEMO_MODEL_ID = "routescope/demo"
+
+
+def _demo_path() -> str:
+    from routescope.models.demo import DEMO_MODEL_PATH
+
+    return str(DEMO_MODEL_PATH)
+
+
+def _demo_alias(model: str) -> str:
+    """'demo' and DEMO_MODEL_ID name the shipped demo model's directory."""
+    return _demo_path() if model in ("demo", DEMO_MODEL_ID) else model

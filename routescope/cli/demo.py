@@ -1,0 +1,134 @@
+"""CLI command: `routescope demo`, the main job on the embedded default (the shipped demo model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from routescope.cli._app import DEFAULT_DB, app
+
+DEMO_DOMAIN_RUN = "demo-domains"
+DEMO_BEHAVIOUR_RUN = "demo-behaviours"
+
+
+def demo_jobs(db: str, batch_size: int = 16) -> list:
+    """The two demo jobs: the five domains (prefill) and the behaviour pairs (with 16 generated
+    tokens each, so decode routing is there too)."""
+    from routescope.collect.jobs import JobSpec, PromptSetSpec
+    from routescope.errors import RoutescopeError
+    from routescope.models.demo import DEMO_DOMAINS, DEMO_PROMPTS_DIR
+
+    if not DEMO_PROMPTS_DIR.is_dir():
+        raise RoutescopeError(
+            f"demo prompt sets not found at {DEMO_PROMPTS_DIR}; install routescope from its "
+            "repository with `bash scripts/install.sh` (editable install)"
+        )
+    domains = tuple(
+        PromptSetSpec(path=str(DEMO_PROMPTS_DIR / f"{d}.jsonl"), label=d) for d in DEMO_DOMAINS
+    )
+    behaviours = tuple(
+        PromptSetSpec(path=str(p)) for p in sorted(DEMO_PROMPTS_DIR.glob("behaviour_*.jsonl"))
+    )
+    common = dict(model="demo", dtype="float32", device="cpu", batch_size=batch_size, db=db)
+    jobs = [JobSpec(prompt_sets=domains, name=DEMO_DOMAIN_RUN, max_length=256, **common)]
+    if behaviours:
+        jobs.append(
+            JobSpec(
+                prompt_sets=behaviours,
+                name=DEMO_BEHAVIOUR_RUN,
+                max_length=256,
+                max_new_tokens=16,
+                **common,
+            )
+        )
+    return jobs
+
+
+@app.command()
+def demo(
+    db: str = typer.Option(DEFAULT_DB, "--db", help="DuckDB file to write (created if missing)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sequences per forward pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Collect the demo model's routing over its prompt sets, then summarise what it shows.
+
+    Resumable: run it again after an interruption and it continues where it stopped.
+    """
+    import polars as pl
+    from rich.console import Console
+    from rich.table import Table
+
+    from routescope.analysis.specialization import (
+        domain_specialization,
+        load_summary,
+        top_specialized_experts,
+    )
+    from routescope.collect.runner import run_job
+    from routescope.store.store import RoutingStore
+
+    console = Console()
+    for job in demo_jobs(db, batch_size):
+        if not quiet:
+            console.print(f"[bold]collecting[/bold] {job.name} → {db}")
+        run_job(job, quiet=quiet)
+
+    with RoutingStore(db, read_only=True) as store:
+        runs = store.runs()
+        trace = store.load_trace(DEMO_DOMAIN_RUN)
+    table = Table(title=f"runs in {db}")
+    for col in (
+        "run_id",
+        "model_id",
+        "family",
+        "num_layers",
+        "num_experts",
+        "top_k",
+        "sequences",
+        "tokens",
+        "status",
+    ):
+        table.add_column(col)
+    for row in runs.iter_rows(named=True):
+        table.add_row(
+            *[
+                str(Path(str(row[c])).name if c == "model_id" else row[c])
+                for c in (
+                    "run_id",
+                    "model_id",
+                    "family",
+                    "num_layers",
+                    "num_experts",
+                    "top_k",
+                    "sequences",
+                    "tokens",
+                    "status",
+                )
+            ]
+        )
+    console.print(table)
+
+    loads = load_summary(trace)
+    top = top_specialized_experts(domain_specialization(trace), per_group=1)
+    labels = trace.label_set
+    spec_table = Table(
+        title="most domain-specific expert per layer: expert (share of the domain's tokens ÷ "
+        "uniform k/E, ÷ other domains' rate)"
+    )
+    spec_table.add_column("layer")
+    spec_table.add_column("load entropy")
+    for lab in labels:
+        spec_table.add_column(lab)
+    ent = dict(zip(loads["layer"].to_list(), loads["entropy_norm"].to_list(), strict=True))
+    for layer in trace.layers:
+        cells = []
+        for lab in labels:
+            r = top.filter((pl.col("layer") == layer) & (pl.col("label") == lab)).row(0, named=True)
+            cells.append(f"e{r['expert']} ({r['ratio_uniform']:.1f}×, {r['ratio_other']:.1f}×)")
+        spec_table.add_row(str(layer), f"{ent.get(layer, float('nan')):.3f}", *cells)
+    console.print(spec_table)
+    console.print(
+        "next: [bold]routescope app --db " + db + "[/bold] (dashboard) · "
+        f"routescope analyze consistency {DEMO_DOMAIN_RUN} --db {db} · "
+        f"routescope localize {DEMO_DOMAIN_RUN} --db {db} --target label:python --control rest"
+    )
