@@ -478,8 +478,9 @@ def test_steered_collection_starts_from_the_app(store_copy, tmp_path, monkeypatc
     at.run()
     assert_clean(at)
     assert any("finished" in e.label for e in at.expander)
+    preset_id = sql(db, "SELECT preset_id FROM steering_presets WHERE name = 'no-e0'")[0][0]
     assert sql(db, "SELECT steering_id, status FROM runs WHERE run_id = 'steered-run'") == [
-        ("no-e0", "complete")
+        (preset_id, "complete")
     ]
     n_seq = sql(db, "SELECT count(*) FROM sequences WHERE run_id = 'steered-run'")[0][0]
     assert n_seq == 2
