@@ -271,7 +271,7 @@ def test_cli_collect_runs_export(tmp_path, lm, prompt_files, monkeypatch, capsys
     import routescope.collect.runner as runner
     from routescope.cli import main
 
-    monkeypatch.setattr(runner, "load_job_model", lambda job: lm)
+    monkeypatch.setattr(runner, "load_job_model", lambda job, **kw: lm)
     monkeypatch.setenv("COLUMNS", "200")  # rich sizes the runs table to the terminal
     fake_engine_module = types.ModuleType("routescope.collect.engine")
     fake_engine_module.collect_batch = FakeEngine()  # type: ignore[attr-defined]
