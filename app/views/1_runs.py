@@ -16,6 +16,11 @@ db, version, run_id = run
 with sh.guarded():
     runs = sh.load_runs(db, version)
     info = sh.load_run_info(db, version, run_id)
+    presets = sh.load_presets(db, version)
+preset_names = dict(zip(presets["preset_id"], presets["name"], strict=True))
+runs = runs.with_columns(
+    pl.col("steering_id").replace(preset_names)  # a preset's name; a spec file stays a path
+)
 
 table = runs.with_columns(
     pl.col("moe_layers").list.len().alias("moe_layers"),

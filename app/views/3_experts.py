@@ -69,7 +69,10 @@ sh.plot(entropy_figure(summary), key="entropy")
 st.subheader(f"Specialization by label, layer {layer}")
 if trace.label_set:
     domain = _domain(db, version, run_id, phase)
-    sh.plot(annotate_experts(domain_heatmap(domain, layer), None), key="domain_heatmap")
+    sh.plot(
+        annotate_experts(domain_heatmap(domain, layer), labels_by_expert, layer),
+        key="domain_heatmap",
+    )
     st.caption("share of the label's tokens routed to the expert, divided by k/E (1 = uniform)")
 else:
     st.info("This run's sequences carry no labels; give the prompt sets a `label` to see this.")
@@ -110,7 +113,7 @@ with right:
 
 st.subheader(f"Co-activation at layer {layer}")
 co = _coact(db, version, run_id, phase, layer)
-sh.plot(coactivation_heatmap(co), key="coactivation")
+sh.plot(annotate_experts(coactivation_heatmap(co), labels_by_expert, layer), key="coactivation")
 partners = (
     co.filter(pl.col("expert_i") == expert).sort("rate", descending=True, nulls_last=True).head(5)
 )

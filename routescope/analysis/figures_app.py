@@ -256,9 +256,10 @@ def cache_figure(
     return fig
 
 
-def annotate_experts(fig: go.Figure, notes: Notes | None) -> go.Figure:
-    """Add expert labels from expert_notes to the hover text of layer × expert heatmaps (x =
-    expert, y = layer) in `fig`; cells of annotated experts also get the label as text."""
+def annotate_experts(fig: go.Figure, notes: Notes | None, layer: int | None = None) -> go.Figure:
+    """Add expert labels from expert_notes to the hover text of the heatmaps in `fig` whose x axis
+    is the expert: layer × expert maps (y = layer), or, with `layer` given, maps of one layer
+    (y = label or another expert)."""
     if not notes:
         return fig
     for tr in fig.data:
@@ -273,12 +274,13 @@ def annotate_experts(fig: go.Figure, notes: Notes | None) -> go.Figure:
                 base = (
                     str(old[i][j])
                     if old is not None and len(old) > i
-                    else f"layer {y} expert {x}<br>value {tr.z[i][j]:.4g}"
+                    else f"{y} · expert {x}<br>value {tr.z[i][j]:.4g}"
                 )
                 try:
-                    label = notes.get((int(y), int(x)))
+                    key = (int(layer if layer is not None else y), int(x))
                 except (TypeError, ValueError):
-                    label = None
+                    key = None
+                label = notes.get(key) if key is not None else None
                 row.append(base + (f"<br>note: {label}" if label else ""))
             hover.append(row)
         tr.update(text=hover, hoverinfo="text")

@@ -272,6 +272,8 @@ def test_annotation_is_saved_and_shown_where_the_expert_appears(store_copy, monk
     row = list(arr(load["data"][0]["y"])).index(str(layer))
     assert load["data"][0]["text"][row][ex].endswith("note: digits")
     assert "note:" not in load["data"][0]["text"][row][(ex + 1) % store_copy["num_experts"]]
+    domain = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Domain"))
+    assert all(r[ex].endswith("note: digits") for r in domain["data"][0]["text"])
     # shown on the Tokens page too, in the hover of the token routed to that expert
     goto(at, "tokens")
     by_label(at.selectbox, "Layer").set_value(layer).run()
@@ -482,6 +484,9 @@ def test_steered_collection_starts_from_the_app(store_copy, tmp_path, monkeypatc
     assert sql(db, "SELECT steering_id, status FROM runs WHERE run_id = 'steered-run'") == [
         (preset_id, "complete")
     ]
+    goto(at, "runs")  # the run list names the preset the run was steered with
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc["steered-run", "steering preset"] == "no-e0"
     n_seq = sql(db, "SELECT count(*) FROM sequences WHERE run_id = 'steered-run'")[0][0]
     assert n_seq == 2
     # the preset deactivated expert 0 at that layer: the steered routing never selects it
