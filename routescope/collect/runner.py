@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,22 +157,29 @@ def run_job(
     after_batch: Callable[[int], None] | None = None,
     flush_rows: int = 262_144,
     flush_seconds: float = 20.0,
+    select: Callable[[int], bool] | None = None,
+    prompts: list[Prompt] | None = None,
 ) -> RunResult:
     """Collect the job's routing into its database, resuming a previous partial run.
 
     lm: an already-loaded `LoadedModel` (else the job's model is loaded); collect_fn: the engine
     (default `routescope.collect.engine.collect_batch`); store: an open writable `RoutingStore`
-    (else job.db is opened); after_batch(i) is called after engine batch i is computed.
+    (else job.db is written through an `IntermittentStore`, which holds the file's lock only
+    while committing, so other processes can read the store during the job); after_batch(i) is
+    called after engine batch i is computed. select(seq_id) → keep: collect only those sequences
+    (a shard; its run ends 'partial' unless it covers the job); prompts: the job's prompts if
+    already read (else read from its files).
     Engine batches are written together once they reach flush_rows route rows or flush_seconds
     (and on Ctrl-C or out-of-memory, so every computed sequence is kept).
     Raises `CollectionInterrupted` on Ctrl-C or out-of-memory, with the run marked 'interrupted'.
     """
-    from routescope.store.store import RoutingStore
+    from routescope.store.store import IntermittentStore
 
-    prompts = read_job_prompts(job)
+    if prompts is None:
+        prompts = read_job_prompts(job)
     own_store = store is None
     if own_store:
-        store = RoutingStore(job.db)
+        store = IntermittentStore(job.db)
     run_id = job.run_id
     try:
         if lm is None:
@@ -184,30 +192,13 @@ def run_job(
             raise JobSpecError(f"model {job.model} has no tokenizer; it is needed to tokenize")
         tokenized = tokenize_prompts(prompts, lm.tokenizer, job.max_length)
         config = job.identity()
-        steering_edit, steering_id = None, None
-        if job.steering is not None:
-            steering_edit, steering_id, spec_dict = resolve_steering(job.steering, lm, store)
-            config["steering_spec"] = spec_dict  # an edited preset is a different run
-        store.create_or_resume_run(
-            run_id,
-            name=job.name or run_id,
-            model_id=lm.model_id,
-            family=lm.family,
-            num_layers=lm.num_layers,
-            moe_layers=list(lm.moe_layers),
-            num_experts=lm.num_experts,
-            top_k=lm.top_k,
-            num_shared_experts=lm.num_shared_experts,
-            norm_topk_prob=lm.norm_topk_prob,
-            model_revision=getattr(lm, "revision", None),
-            dtype=str(getattr(lm, "dtype", job.dtype)).removeprefix("torch."),
-            device=str(getattr(lm, "device", job.device)),
-            steering_id=steering_id,
-            config=config,
-            versions=_versions(),
-        )
-        stored = store.stored_seq_ids(run_id)
-        todo = [i for i in range(len(tokenized)) if i not in stored]
+        # one session for the setup (a plain store is used as is; an intermittent one opens once)
+        session = store.open() if isinstance(store, IntermittentStore) else nullcontext(store)
+        with session as setup:
+            steering_edit, steering_id, stored = _setup_run(job, lm, setup, run_id, config)
+            setup.set_meta(job_size_key(run_id), {"sequences": len(tokenized)})
+        selected = [i for i in range(len(tokenized)) if select is None or select(i)]
+        todo = [i for i in selected if i not in stored]
         batches = plan_batches(tokenized, todo, job.batch_size)
         result = _collect(
             job,
@@ -222,12 +213,48 @@ def run_job(
             flush_rows,
             flush_seconds,
             steering_edit,
+            total=len(selected),
+            final_status="complete" if len(selected) == len(tokenized) else "partial",
         )
-        result.sequences_skipped = len(tokenized) - len(todo)
+        result.sequences_skipped = len(selected) - len(todo)
         return result
     finally:
         if own_store:
             store.close()
+
+
+def job_size_key(run_id: str) -> str:
+    """The meta key holding how many sequences the run's job has (a merge's completeness test)."""
+    return f"job_sequences:{run_id}"
+
+
+def _setup_run(
+    job: JobSpec, lm: Any, store: Any, run_id: str, config: dict
+) -> tuple[Any, str | None, set[int]]:
+    """Resolve steering, create or resume the run; returns (edit, steering_id, stored seq ids)."""
+    steering_edit, steering_id = None, None
+    if job.steering is not None:
+        steering_edit, steering_id, spec_dict = resolve_steering(job.steering, lm, store)
+        config["steering_spec"] = spec_dict  # an edited preset is a different run
+    store.create_or_resume_run(
+        run_id,
+        name=job.name or run_id,
+        model_id=lm.model_id,
+        family=lm.family,
+        num_layers=lm.num_layers,
+        moe_layers=list(lm.moe_layers),
+        num_experts=lm.num_experts,
+        top_k=lm.top_k,
+        num_shared_experts=lm.num_shared_experts,
+        norm_topk_prob=lm.norm_topk_prob,
+        model_revision=getattr(lm, "revision", None),
+        dtype=str(getattr(lm, "dtype", job.dtype)).removeprefix("torch."),
+        device=str(getattr(lm, "device", job.device)),
+        steering_id=steering_id,
+        config=config,
+        versions=_versions(),
+    )
+    return steering_edit, steering_id, store.stored_seq_ids(run_id)
 
 
 class _BufferedWriter:
@@ -302,6 +329,8 @@ def _collect(
     flush_rows: int,
     flush_seconds: float,
     steering_edit: Any = None,
+    total: int | None = None,
+    final_status: str = "complete",
 ) -> RunResult:
     from rich.progress import (
         BarColumn,
@@ -312,7 +341,7 @@ def _collect(
         TimeRemainingColumn,
     )
 
-    total = len(tokenized)
+    total = len(tokenized) if total is None else total
     done_before = total - sum(len(b) for b in batches)
     writer = _BufferedWriter(store, run_id, _TokenTexts(lm.tokenizer), flush_rows, flush_seconds)
     computed_tokens = 0
@@ -387,7 +416,7 @@ def _collect(
             ) from None
         store.set_status(run_id, "failed")
         raise
-    store.set_status(run_id, "complete")
+    store.set_status(run_id, final_status)
     return RunResult(
         run_id=run_id,
         db=job.db,
@@ -397,7 +426,7 @@ def _collect(
         tokens_written=writer.tokens,
         route_rows=writer.rows,
         seconds=time.perf_counter() - start,
-        status="complete",
+        status=final_status,
     )
 
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,26 @@ def _lock_message(path: str, exc: Exception) -> str:
     )
 
 
+def _connect_retrying(path: str, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open the file, retrying up to `lock_timeout` seconds (20 ms doubling to 0.2 s) while another
+    process holds its lock (a reader between two commits of a collection, or the reverse)."""
+    deadline = time.monotonic() + max(lock_timeout, 0.0)
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise StoreError(f"cannot open database {path}: {exc}".splitlines()[0]) from None
+            if time.monotonic() + delay > deadline:
+                raise StoreError(_lock_message(path, exc)) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0]
+            raise StoreError(f"cannot open {path} as a DuckDB database: {first}") from None
+
+
 class RoutingStore:
     """A routing database: runs, sequences, tokens, routes (+ router_probs, presets, notes, cache).
 
@@ -59,6 +80,7 @@ class RoutingStore:
         read_only: bool = False,
         *,
         connection: duckdb.DuckDBPyConnection | None = None,
+        lock_timeout: float = 0.0,
     ) -> None:
         self.path = str(path)
         self.read_only = read_only
@@ -70,15 +92,7 @@ class RoutingStore:
             raise StoreError(
                 f"no routing database at {self.path}; run `routescope collect` first or pass --db"
             )
-        try:
-            self.con = duckdb.connect(self.path, read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StoreError(_lock_message(self.path, exc)) from None
-            raise StoreError(f"cannot open database {self.path}: {exc}".splitlines()[0]) from None
-        except duckdb.Error as exc:
-            first = str(exc).splitlines()[0]
-            raise StoreError(f"cannot open {self.path} as a DuckDB database: {first}") from None
+        self.con = _connect_retrying(self.path, read_only, lock_timeout)
         if not read_only:
             self.con.execute(DDL)
             self.con.execute(
@@ -453,6 +467,16 @@ class RoutingStore:
         self._require_writable()
         self.con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, run_id])
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value under `key` in the meta table (e.g. a run's job size)."""
+        self._require_writable()
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, canonical_json(value)])
+
+    def get_meta(self, key: str) -> Any:
+        """The JSON value stored under `key`, or None."""
+        row = self._one("SELECT value FROM meta WHERE key = ?", [key])
+        return None if row is None else json.loads(row[0])
+
     def stored_seq_ids(self, run_id: str) -> set[int]:
         """Sequence ids already written for the run (these are skipped on resume)."""
         rows = self.con.execute(
@@ -615,3 +639,44 @@ def _list_column_to_numpy(col: pa.ChunkedArray, dtype: type) -> np.ndarray:
 def _objects(col: pa.ChunkedArray) -> np.ndarray:
     """An Arrow string column as a numpy object array (None kept)."""
     return np.asarray(col.to_pylist(), dtype=object)
+
+
+class IntermittentStore:
+    """A writable store that holds the DuckDB file's lock only during each call.
+
+    A long collection writes through this: every call opens the file (retrying while a reader
+    holds it), does its work in one transaction, and closes it, so other processes can read the
+    store between commits and see every committed sequence.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_DB, lock_timeout: float = 300.0) -> None:
+        self.path = str(path)
+        self.lock_timeout = lock_timeout
+        self.read_only = False
+
+    def open(self) -> RoutingStore:
+        """The store opened for writing (a context manager; closing releases the lock)."""
+        return RoutingStore(self.path, lock_timeout=self.lock_timeout)
+
+    def close(self) -> None:
+        """Nothing is held between calls."""
+
+    def create_or_resume_run(self, run_id: str, **kwargs: Any) -> bool:
+        with self.open() as store:
+            return store.create_or_resume_run(run_id, **kwargs)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.open() as store:
+            store.set_status(run_id, status)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.open() as store:
+            store.set_meta(key, value)
+
+    def stored_seq_ids(self, run_id: str) -> set[int]:
+        with self.open() as store:
+            return store.stored_seq_ids(run_id)
+
+    def write_batch(self, run_id: str, *args: Any, **kwargs: Any) -> int:
+        with self.open() as store:
+            return store.write_batch(run_id, *args, **kwargs)
