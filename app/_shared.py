@@ -182,13 +182,15 @@ def readable_version(db: str) -> tuple[str, str | None]:
 
 
 # ---- page scaffolding ---------------------------------------------------------------------------
-DEMO_HELP = """\
-To get started, record the demo model's routing (a small MoE model shipped with routescope) and
-open it here:
+def demo_help(db: str) -> str:
+    """How to fill an empty store: collect the shipped demo model's routing into `db`."""
+    return f"""\
+To get started, record the demo model's routing (a small MoE model shipped with routescope)
+into this database and reload the page:
 
 ```bash
-routescope demo                 # collects the demo model's routing into routescope.duckdb
-routescope app --db routescope.duckdb
+routescope demo --db {db}
+routescope app --db {db}
 ```
 
 Or record your own model with `routescope collect collectors/demo.toml --model PATH_OR_HUB_ID`
@@ -198,7 +200,7 @@ and point the sidebar's database field at the file it wrote.
 
 def empty_state(db: str, why: str) -> None:
     """What an empty or missing store shows: how to make one, not an error."""
-    st.info(f"{why}\n\n{DEMO_HELP}")
+    st.info(f"{why}\n\n{demo_help(db)}")
 
 
 def current_run() -> tuple[str, str, str] | None:

@@ -402,7 +402,7 @@ def test_empty_store_shows_how_to_start(kind, tmp_path, monkeypatch):
     at = open_app(str(db), monkeypatch)
     for page in PAGES:
         goto(at, page)
-        assert any("routescope demo" in i.value for i in at.info), page
+        assert any(f"routescope demo --db {db}" in i.value for i in at.info), page
 
 
 WRITER = r"""
