@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -162,22 +163,28 @@ def as_router_edit(lm: LoadedModel, spec: SteeringSpec | None) -> SpecEdit | Non
 
 
 @contextmanager
-def steered(lm: LoadedModel, spec: SteeringSpec | None) -> Iterator[SpecEdit | None]:
+def steered(lm: LoadedModel, spec: SteeringSpec | SpecEdit | None) -> Iterator[SpecEdit | None]:
     """Apply ``spec`` to every plain forward of ``lm.model`` inside the block (forward, generate).
 
-    Implemented as forward hooks on the router modules that replace the router's output tuple;
+    ``spec`` may also be a prebuilt `SpecEdit` (e.g. the one given to `collect_batch`).
+
+    Implemented as forward hooks on the router modules that replace the router's output (through
+    the adapter's ``unpack``/``pack``, as the engine does);
     an empty or None spec installs no hook at all. Hooks are removed on exit, even on error.
     """
-    edit = as_router_edit(lm, spec)
+    if isinstance(spec, SpecEdit):
+        edit = None if spec.is_empty else spec
+    else:
+        edit = as_router_edit(lm, spec)
     handles = []
     try:
         if edit is not None:
             for layer in edit.layer_edits:
                 router = edit._routers[layer]
 
-                def hook(module: nn.Module, args: object, out: tuple, layer: int = layer) -> tuple:
-                    new = edit(lm, layer, out[0], out[1], out[2])
-                    return out if new is None else (out[0], new[0], new[1], *out[3:])
+                def hook(module: nn.Module, args: object, out: Any, layer: int = layer) -> Any:
+                    new = edit(lm, layer, *lm.adapter.unpack(out))
+                    return out if new is None else lm.adapter.pack(out, new[0], new[1])
 
                 handles.append(router.register_forward_hook(hook))
         yield edit
