@@ -11,6 +11,7 @@ from routescope.cli import (  # noqa: F401  (imported for their command registra
     demo,
     localize,
     misc,
+    scale,
     sql,
     steer,
 )

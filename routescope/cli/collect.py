@@ -34,6 +34,20 @@ def collect(
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 or auto."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps, …"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="Collect only shard i/n (seq_id % n == i) into its own store; join with "
+        "`routescope merge`.",
+    ),
+    parts: Path | None = typer.Option(
+        None, "--parts", help="With --shard: write Parquet parts to this directory."
+    ),
+    use_ray: bool = typer.Option(False, "--ray", help="Run the job on a Ray cluster."),
+    address: str | None = typer.Option(
+        None, "--address", help="With --ray: the cluster address (default: start a local one)."
+    ),
+    workers: int = typer.Option(2, "--workers", help="With --ray: number of model workers."),
 ) -> None:
     """Record a model's routing over prompt sets into the DuckDB store (resumable: re-run the same
     command after an interruption to continue)."""
@@ -75,7 +89,12 @@ def collect(
         )
     err = Console(stderr=True)
     try:
-        result = run_job(job, quiet=quiet)
+        if use_ray or shard is not None or parts is not None:
+            from routescope.cli.scale import run_scaled
+
+            result = run_scaled(job, quiet, shard, parts, use_ray, address, workers)
+        else:
+            result = run_job(job, quiet=quiet)
     except CollectionInterrupted as exc:
         err.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
         raise SystemExit(130) from None  # (typer.Exit's code is lost under standalone_mode=False)
