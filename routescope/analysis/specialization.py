@@ -349,17 +349,17 @@ def router_saturation(trace_a: Trace, trace_b: Trace) -> pl.DataFrame:
 
 
 def top_specialized_experts(
-    spec: pl.DataFrame, by: str = "label", per_group: int = 1, min_ratio_uniform: float = 0.0
+    spec: pl.DataFrame, by: str = "label", per_group: int = 1
 ) -> pl.DataFrame:
     """From `domain_specialization` output: per (layer, group) the `per_group` experts with the
-    highest ratio_other (ties broken by share), keeping those at >= min_ratio_uniform x uniform.
+    largest share − share_other (the risk difference of §4.4 at token level), so an expert must be
+    both used by the group and rarely by the others; ratios alone favour barely used experts.
 
     The "most domain-specific experts" summary shown by `routescope demo`.
     """
     return (
-        spec.filter(pl.col("ratio_uniform") >= min_ratio_uniform)
-        .with_columns(pl.col("ratio_other").fill_null(float("inf")))
-        .sort(["layer", by, "ratio_other", "share"], descending=[False, False, True, True])
+        spec.with_columns((pl.col("share") - pl.col("share_other").fill_null(0.0)).alias("lift"))
+        .sort(["layer", by, "lift"], descending=[False, False, True])
         .group_by(["layer", by], maintain_order=True)
         .head(per_group)
     )

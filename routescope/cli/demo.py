@@ -12,8 +12,8 @@ DEMO_DOMAIN_RUN = "demo-domains"
 DEMO_BEHAVIOUR_RUN = "demo-behaviours"
 
 
-def demo_jobs(db: str, batch_size: int = 16) -> list:
-    """The two demo jobs: the five domains (prefill) and the behaviour pairs (with 16 generated
+def demo_jobs(db: str, batch_size: int = 16, split: str | None = None) -> list:
+    """The two demo jobs: the five domains (prefill) and the behaviour pairs (with 8 generated
     tokens each, so decode routing is there too)."""
     from routescope.collect.jobs import JobSpec, PromptSetSpec
     from routescope.errors import RoutescopeError
@@ -25,20 +25,23 @@ def demo_jobs(db: str, batch_size: int = 16) -> list:
             "repository with `bash scripts/install.sh` (editable install)"
         )
     domains = tuple(
-        PromptSetSpec(path=str(DEMO_PROMPTS_DIR / f"{d}.jsonl"), label=d) for d in DEMO_DOMAINS
+        PromptSetSpec(path=str(DEMO_PROMPTS_DIR / f"{d}.jsonl"), label=d, split=split)
+        for d in DEMO_DOMAINS
     )
     behaviours = tuple(
-        PromptSetSpec(path=str(p)) for p in sorted(DEMO_PROMPTS_DIR.glob("behaviour_*.jsonl"))
+        PromptSetSpec(path=str(p), split=split)
+        for p in sorted(DEMO_PROMPTS_DIR.glob("behaviour_*.jsonl"))
     )
+    suffix = f"-{split}" if split else ""
     common = dict(model="demo", dtype="float32", device="cpu", batch_size=batch_size, db=db)
-    jobs = [JobSpec(prompt_sets=domains, name=DEMO_DOMAIN_RUN, max_length=256, **common)]
+    jobs = [JobSpec(prompt_sets=domains, name=DEMO_DOMAIN_RUN + suffix, max_length=256, **common)]
     if behaviours:
         jobs.append(
             JobSpec(
                 prompt_sets=behaviours,
-                name=DEMO_BEHAVIOUR_RUN,
+                name=DEMO_BEHAVIOUR_RUN + suffix,
                 max_length=256,
-                max_new_tokens=16,
+                max_new_tokens=8,
                 **common,
             )
         )
@@ -49,6 +52,9 @@ def demo_jobs(db: str, batch_size: int = 16) -> list:
 def demo(
     db: str = typer.Option(DEFAULT_DB, "--db", help="DuckDB file to write (created if missing)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sequences per forward pass."),
+    split: str = typer.Option(
+        "all", "--split", help="Prompt split to collect: all, train or heldout (quicker)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Collect the demo model's routing over its prompt sets, then summarise what it shows.
@@ -68,14 +74,20 @@ def demo(
     from routescope.store.store import RoutingStore
 
     console = Console()
-    for job in demo_jobs(db, batch_size):
+    from routescope.errors import InvalidParameterError
+
+    if split not in ("all", "train", "heldout"):
+        raise InvalidParameterError(f"--split {split!r}: use all, train or heldout")
+    jobs = demo_jobs(db, batch_size, None if split == "all" else split)
+    for job in jobs:
         if not quiet:
             console.print(f"[bold]collecting[/bold] {job.name} → {db}")
         run_job(job, quiet=quiet)
 
     with RoutingStore(db, read_only=True) as store:
         runs = store.runs()
-        trace = store.load_trace(DEMO_DOMAIN_RUN)
+        domain_run = jobs[0].run_id
+        trace = store.load_trace(domain_run)
     table = Table(title=f"runs in {db}")
     for col in (
         "run_id",
@@ -112,8 +124,8 @@ def demo(
     top = top_specialized_experts(domain_specialization(trace), per_group=1)
     labels = trace.label_set
     spec_table = Table(
-        title="most domain-specific expert per layer: expert (share of the domain's tokens ÷ "
-        "uniform k/E, ÷ other domains' rate)"
+        title="most domain-specific expert per layer: expert, then its rate on the domain's "
+        "tokens ÷ uniform k/E and ÷ its rate on the other domains"
     )
     spec_table.add_column("layer")
     spec_table.add_column("load entropy")
@@ -124,11 +136,13 @@ def demo(
         cells = []
         for lab in labels:
             r = top.filter((pl.col("layer") == layer) & (pl.col("label") == lab)).row(0, named=True)
-            cells.append(f"e{r['expert']} ({r['ratio_uniform']:.1f}×, {r['ratio_other']:.1f}×)")
+            other = r["ratio_other"]
+            other_s = "∞" if other is None or other == float("inf") else f"{other:.0f}"
+            cells.append(f"e{r['expert']} {r['ratio_uniform']:.1f}× {other_s}×")
         spec_table.add_row(str(layer), f"{ent.get(layer, float('nan')):.3f}", *cells)
     console.print(spec_table)
     console.print(
         "next: [bold]routescope app --db " + db + "[/bold] (dashboard) · "
-        f"routescope analyze consistency {DEMO_DOMAIN_RUN} --db {db} · "
-        f"routescope localize {DEMO_DOMAIN_RUN} --db {db} --target label:python --control rest"
+        f"routescope analyze consistency {domain_run} --db {db} · "
+        f"routescope localize {domain_run} --db {db} --target label:python --control rest"
     )
