@@ -25,3 +25,16 @@ def demo_model():
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL_PATH)
     model.eval()
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def demo_heldout_db(tmp_path_factory):
+    """`routescope demo --split heldout` run once: (database path, the command's output)."""
+    from typer.testing import CliRunner
+
+    from routescope.cli._app import app
+
+    db = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    res = CliRunner().invoke(app, ["demo", "--db", str(db), "--split", "heldout", "--quiet"])
+    assert res.exit_code == 0, (res.output, repr(res.exception))
+    return db, res.output

@@ -15,12 +15,10 @@ def _heldout_count(path) -> int:
 
 
 @pytest.mark.e2e
-def test_demo_command_collects_and_summarises(tmp_path):
-    db = tmp_path / "demo.duckdb"
-    res = CliRunner().invoke(app, ["demo", "--db", str(db), "--split", "heldout", "--quiet"])
-    assert res.exit_code == 0, res.output
-    assert "most domain-specific expert per layer" in res.output
-    assert "routescope app --db" in res.output
+def test_demo_command_collects_and_summarises(demo_heldout_db):
+    db, output = demo_heldout_db
+    assert "most domain-specific expert per layer" in output
+    assert "routescope app --db" in output
     con = duckdb.connect(str(db), read_only=True)
     runs = dict(con.execute("select run_id, status from runs").fetchall())
     assert runs == {"demo-domains-heldout": "complete", "demo-behaviours-heldout": "complete"}
