@@ -31,6 +31,11 @@ def collect(
         None, "--save-probs/--no-save-probs", help="Also store full router distributions."
     ),
     name: str | None = typer.Option(None, help="Run name (also its id); resumes when reused."),
+    steer: str | None = typer.Option(
+        None,
+        "--steer",
+        help="Steering preset name (in --db) or spec file (.toml/.json) applied while collecting.",
+    ),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 or auto."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps, …"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -66,6 +71,7 @@ def collect(
         "name": name,
         "dtype": dtype,
         "device": device,
+        "steering": steer,
     }
     if job_file is not None:
         job = load_job(job_file)
