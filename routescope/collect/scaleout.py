@@ -529,20 +529,24 @@ def run_ray(
     total = len(prompts)
     run_id = job.run_id
     stored: set[int] = set()
+    target = IntermittentStore(job.db, lock_timeout=lock_timeout)  # one collection per store
     if Path(job.db).exists():
-        with RoutingStore(job.db, read_only=True, lock_timeout=lock_timeout) as st:
-            if st._one("SELECT 1 FROM runs WHERE run_id = ?", [run_id]) is not None:
-                stored = st.stored_seq_ids(run_id)
+        try:
+            with RoutingStore(job.db, read_only=True, lock_timeout=lock_timeout) as st:
+                if st._one("SELECT 1 FROM runs WHERE run_id = ?", [run_id]) is not None:
+                    stored = st.stored_seq_ids(run_id)
+        except BaseException:
+            target.close()
+            raise
     todo = [i for i in range(total) if i not in stored]
     started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started_ray = True
     start = time.perf_counter()
     written = tokens = rows = 0
     status = "complete"
-    target = IntermittentStore(job.db, lock_timeout=lock_timeout)
     try:
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            started_ray = True
         if todo:
             size = chunk_size or max(job.batch_size, math.ceil(len(todo) / (workers * 8)))
             chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -602,6 +606,7 @@ def run_ray(
             ) from exc
         raise
     finally:
+        target.close()
         if started_ray:
             ray.shutdown()
     return RunResult(

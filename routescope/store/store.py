@@ -7,9 +7,11 @@ sequences, so an interrupted job never leaves half a sequence behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -646,20 +648,62 @@ class IntermittentStore:
 
     A long collection writes through this: every call opens the file (retrying while a reader
     holds it), does its work in one transaction, and closes it, so other processes can read the
-    store between commits and see every committed sequence.
+    store between commits and see every committed sequence. `exclusive` (default) also holds an
+    advisory lock on `<db>.collect-lock` until `close()`, so a second collection into the same
+    file stops at once with one clear line instead of interleaving with the first.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_DB, lock_timeout: float = 300.0) -> None:
+    def __init__(
+        self, path: str | Path = DEFAULT_DB, lock_timeout: float = 300.0, exclusive: bool = True
+    ) -> None:
         self.path = str(path)
         self.lock_timeout = lock_timeout
         self.read_only = False
+        self._lock_fd: int | None = None
+        self._lock_path = self.path + ".collect-lock"
+        if exclusive:
+            self._acquire()
+
+    def _acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here: DuckDB's lock still guards each commit
+            return
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # e.g. a missing directory: opening the database reports it clearly
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="ignore").strip()
+            os.close(fd)
+            who = f" (process {holder})" if holder.isdigit() else ""
+            raise StoreError(
+                f"another collection{who} is writing to {self.path}; wait for it to finish "
+                "(or stop it), or point --db at another file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
 
     def open(self) -> RoutingStore:
         """The store opened for writing (a context manager; closing releases the lock)."""
         return RoutingStore(self.path, lock_timeout=self.lock_timeout)
 
     def close(self) -> None:
-        """Nothing is held between calls."""
+        """Release the collection lock (nothing else is held between calls)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_path)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> IntermittentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def create_or_resume_run(self, run_id: str, **kwargs: Any) -> bool:
         with self.open() as store:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_collect_job import CODE, PROSE, build_tiny_olmoe, make_tokenizer
 
 from routescope.queries import get_query, run_query
@@ -82,3 +83,25 @@ def test_reader_sees_monotone_counts_while_a_job_writes(tmp_path):
     finally:
         con.close()
     assert n_seq == len(lines)
+
+
+def test_a_second_collection_into_the_same_store_is_refused_while_readers_are_not(tmp_path):
+    """The collection lock: a second writer job stops with one line; readers still get in."""
+    from routescope.errors import StoreError
+    from routescope.store.store import IntermittentStore
+
+    db = tmp_path / "one.duckdb"
+    first = IntermittentStore(db)
+    first.set_meta("k", 1)  # created the file, and the DuckDB lock is released again
+    with pytest.raises(StoreError, match=rf"another collection \(process {os.getpid()}\)") as exc:
+        IntermittentStore(db)
+    assert "\n" not in str(exc.value)
+    con = connect_store(db, lock_timeout=0)  # no retry needed: nothing holds DuckDB's lock
+    try:
+        assert con.execute("SELECT value FROM meta WHERE key = 'k'").fetchall() == [("1",)]
+    finally:
+        con.close()
+    first.close()
+    with IntermittentStore(db) as second:  # free again once the first job is done
+        second.set_meta("k", 2)
+    assert not Path(str(db) + ".collect-lock").exists()
