@@ -25,7 +25,13 @@ import polars as pl
 from routescope.collect.engine import collect_batch
 from routescope.collect.prompts import Prompt, read_prompt_set, tokenize_prompts
 from routescope.models.loading import LoadedModel
-from routescope.steering.evaluate import EvalSet, loglik_change, random_baseline
+from routescope.steering.evaluate import (
+    EvalSet,
+    SideBySide,
+    loglik_change,
+    random_baseline,
+    side_by_side,
+)
 from routescope.steering.spec import SteeringSpec
 from routescope.store.trace import Trace
 
@@ -64,6 +70,7 @@ class DomainResult:
     spec: SteeringSpec
     change: dict[str, float]  # label -> mean log-likelihood change (steered − base)
     random: dict[str, dict[str, float]]  # label -> mean/std/min/max over draws
+    example: SideBySide | None = None  # greedy generation from a held-out prompt of the domain
 
     @property
     def target_drop(self) -> float:
@@ -127,9 +134,13 @@ def run_experiment(
     batch_size: int = 16,
     n_boot: int = 50,
     n_perm: int = 50,
+    example_tokens: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> ExperimentResult:
-    """The experiment over ``prompt_files`` (domain -> JSONL with split train/heldout)."""
+    """The experiment over ``prompt_files`` (domain -> JSONL with split train/heldout).
+
+    ``example_tokens`` > 0 adds, per domain, a greedy side-by-side generation of that many tokens
+    from the start of the domain's first held-out prompt."""
     from routescope.analysis.localization import localize, split_labels, steering_spec_from_ranking
 
     say = progress or (lambda _m: None)
@@ -157,7 +168,13 @@ def run_experiment(
         by = res.by_label()
         change = dict(zip(by["label"].to_list(), by["change"].to_list(), strict=True))
         rand = {lab: rb.summary(lab) for lab in change}
-        domains.append(DomainResult(dom, spec, change, rand))
+        example = None
+        if example_tokens > 0:
+            first = next(p for p in held if p.label == dom)
+            ids = lm.tokenizer(first.text or "", add_special_tokens=False)["input_ids"]
+            prompt = lm.tokenizer.decode(ids[: max(1, min(12, len(ids) // 2))])
+            example = side_by_side(lm, spec, prompt, max_new_tokens=example_tokens)
+        domains.append(DomainResult(dom, spec, change, rand, example))
     by = loglik_change(lm, SteeringSpec(), ev).by_label()
     base = dict(zip(by["label"].to_list(), by["base"].to_list(), strict=True))
     settings = {
@@ -171,6 +188,11 @@ def run_experiment(
         "model": lm.model_id,
     }
     return ExperimentResult(domains, base, settings, time.perf_counter() - t0)
+
+
+def _inline(text: str) -> str:
+    """Text fit for an inline code span on one line."""
+    return text.replace("`", "'").replace("\n", "⏎").strip() or "(empty)"
 
 
 def _ratio(d: DomainResult) -> str:
@@ -238,6 +260,26 @@ def report_markdown(result: ExperimentResult) -> str:
     for d in result.domains:
         experts = ", ".join(f"L{e.layer}/E{e.expert}" for e in d.spec.edits)
         lines.append(f"- **{d.domain}**: {experts}")
+    examples = [d for d in result.domains if d.example is not None]
+    if examples:
+        lines += [
+            "",
+            "## Side by side (greedy), from the start of a held-out prompt of the domain",
+            "",
+            "Mean Δ log p = mean over the steered continuation's tokens of log p(steered model) − "
+            "log p(unsteered model).",
+            "",
+        ]
+        for d in examples:
+            ex = d.example
+            assert ex is not None
+            rows = ex.tokens.filter(ex.tokens["which"] == "steered")
+            mean = float(rows["change"].mean()) if len(rows) else float("nan")
+            lines += [
+                f"- **{d.domain}** experts off — prompt `{_inline(ex.prompt)}`",
+                f"  - unsteered: `{_inline(ex.base_text)}`",
+                f"  - steered: `{_inline(ex.steered_text)}` (mean Δ log p {mean:+.2f})",
+            ]
     lines += [
         "",
         "Rerun: `python -m routescope.steering.experiment "
@@ -256,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--example-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--output", default="reports/steering_demo.md")
     args = parser.parse_args(argv)
@@ -278,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         draws=args.draws,
         seed=args.seed,
         max_length=args.max_length,
+        example_tokens=args.example_tokens,
         progress=lambda m: print(m, flush=True),
     )
     result.settings["model"] = "routescope demo model"
