@@ -95,7 +95,7 @@ def collect(
         )
     err = Console(stderr=True)
     try:
-        if use_ray or shard is not None or parts is not None:
+        if use_ray or shard is not None or parts is not None or address is not None:
             from routescope.cli.scale import run_scaled
 
             result = run_scaled(job, quiet, shard, parts, use_ray, address, workers)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,28 @@ def test_ray_collection_equals_single_process(tmp_path, model_dir, prompt_files,
     assert_same(dump(db), want)
     with RoutingStore(db, read_only=True) as store:
         assert store.run_info(job.run_id)["status"] == "complete"
+
+
+def test_scaleout_user_errors_are_one_line(tmp_path, monkeypatch, prompt_files, model_dir):
+    from routescope.collect.scaleout import run_ray
+
+    job = job_from_options(prompt_files, model=model_dir, db=str(tmp_path / "j.duckdb"))
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
+    with pytest.raises(ScaleOutError, match=r"pip install 'routescope\[ray\]'"):
+        run_ray(job)
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)  # nothing is written, but if it were, not into the repository
+    db = str(tmp_path / "never.duckdb")
+    base = ["collect", "--model", model_dir, "--prompts", prompt_files[0], "--db", db, "-q"]
+    cases = {
+        "--address is for --ray": [*base, "--address", "ray://x:10001"],
+        "--parts needs --shard": [*base, "--parts", str(tmp_path / "p")],
+        "leave out --shard": [*base, "--ray", "--shard", "0/2"],
+        "no shard at": ["merge", str(tmp_path / "o.duckdb"), str(tmp_path / "missing.duckdb")],
+        "is the output itself": ["merge", str(tmp_path / "o.duckdb"), str(tmp_path / "o.duckdb")],
+    }
+    for message, args in cases.items():
+        r = runner.invoke(app, args)
+        assert isinstance(r.exception, ScaleOutError), (args, r.output)
+        assert message in str(r.exception) and "\n" not in str(r.exception)
+    assert not (tmp_path / "o.duckdb").exists() and not Path(db).exists()
