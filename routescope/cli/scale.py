@@ -22,7 +22,15 @@ def run_scaled(
 ) -> Any:
     """Run a job as one shard (own DuckDB file or Parquet parts) or on Ray; returns its RunResult."""
     from routescope.collect.runner import run_job
-    from routescope.collect.scaleout import ParquetPartsStore, ScaleOutError, Shard, run_ray
+    from routescope.collect.scaleout import (
+        ParquetPartsStore,
+        ScaleOutError,
+        Shard,
+        install_presets,
+        job_presets,
+        run_ray,
+    )
+    from routescope.store.store import IntermittentStore
 
     if use_ray:
         if shard is not None or parts is not None:
@@ -33,12 +41,18 @@ def run_scaled(
     if shard is None:
         raise ScaleOutError("--parts needs --shard i/n (the shard whose parts to write)")
     sh = Shard.parse(shard)
+    presets = job_presets(job)  # a steering preset named by the job comes from the job's store
+    # the shard's own output stands in for the job's db (in messages and results too)
     if parts is not None:
         with ParquetPartsStore(parts) as store:
-            result = run_job(job, quiet=quiet, select=sh, store=store)
-        result.db = str(parts)
-        return result
-    return run_job(job.with_overrides(db=sh.default_db(job.db)), quiet=quiet, select=sh)
+            install_presets(store.con, presets)
+            return run_job(job.with_overrides(db=str(parts)), quiet=quiet, select=sh, store=store)
+    job = job.with_overrides(db=sh.default_db(job.db))
+    with IntermittentStore(job.db) as store:
+        if presets is not None:
+            with store.open() as st:
+                install_presets(st.con, presets)
+        return run_job(job, quiet=quiet, select=sh, store=store)
 
 
 @app.command()

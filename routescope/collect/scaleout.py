@@ -59,6 +59,37 @@ class ScaleOutError(RoutescopeError):
     """A shard option, a merge or a Ray collection cannot proceed as asked."""
 
 
+# ---- steering presets travel with the job -----------------------------------------------------
+def job_presets(job: Any) -> pa.Table | None:
+    """The steering preset a job names, read from the job's own store (None when the job's
+    steering is a spec file or absent), so a shard or a Ray worker resolves it as the job would."""
+    ref = job.steering
+    if ref is None or Path(ref).suffix.lower() in (".toml", ".json") or Path(ref).is_file():
+        return None
+    if not Path(job.db).is_file():
+        return None  # resolving it then fails with the presets module's own clear line
+    from routescope.store.dataset import connect_store
+
+    con = connect_store(job.db)
+    try:
+        return con.sql(
+            "SELECT * FROM steering_presets WHERE name = $ref OR preset_id = $ref",
+            params={"ref": ref},
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def install_presets(con: duckdb.DuckDBPyConnection, presets: pa.Table | None) -> None:
+    """Add the job's preset rows to a store the shard writes (kept if already there)."""
+    if presets is None or presets.num_rows == 0:
+        return
+    con.register("_rs_presets", presets)
+    cols = ", ".join(presets.column_names)
+    con.execute(f"INSERT OR IGNORE INTO steering_presets ({cols}) SELECT {cols} FROM _rs_presets")
+    con.unregister("_rs_presets")
+
+
 # ---- shards -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shard:
@@ -445,7 +476,11 @@ def _import_ray() -> Any:
 
 
 def collect_chunk(
-    job: Any, lm: Any, prompts: list[Any], seq_ids: Sequence[int]
+    job: Any,
+    lm: Any,
+    prompts: list[Any],
+    seq_ids: Sequence[int],
+    presets: pa.Table | None = None,
 ) -> dict[str, pa.Table]:
     """Collect some of a job's sequences into memory; returns the store's tables as Arrow."""
     from routescope.collect.runner import run_job
@@ -453,6 +488,7 @@ def collect_chunk(
 
     keep = set(seq_ids)
     with RoutingStore(":memory:") as mem:
+        install_presets(mem.con, presets)
         run_job(
             job,
             quiet=True,
@@ -484,17 +520,19 @@ def tables_source(tables: dict[str, pa.Table]) -> duckdb.DuckDBPyConnection:
 class _Worker:
     """A Ray actor body: loads the job's model once, then collects chunks of sequence ids."""
 
-    def __init__(self, job: Any, prompts: list[Any], threads: int) -> None:
+    def __init__(
+        self, job: Any, prompts: list[Any], presets: pa.Table | None, threads: int
+    ) -> None:
         import torch
 
         from routescope.collect.runner import load_job_model
 
         torch.set_num_threads(max(1, threads))
-        self.job, self.prompts = job, prompts
+        self.job, self.prompts, self.presets = job, prompts, presets
         self.lm = load_job_model(job, quiet=True)
 
     def collect(self, seq_ids: list[int]) -> dict[str, pa.Table]:
-        return collect_chunk(self.job, self.lm, self.prompts, seq_ids)
+        return collect_chunk(self.job, self.lm, self.prompts, seq_ids, self.presets)
 
 
 def run_ray(
@@ -520,11 +558,6 @@ def run_ray(
     if workers < 1:
         raise ScaleOutError(f"--workers must be at least 1, got {workers}")
     ray = _import_ray()
-    if job.steering is not None and not Path(job.steering).is_file():
-        raise ScaleOutError(
-            "--ray takes steering from a spec file only (workers have no preset table); "
-            "export the preset to a file and set steering to its path"
-        )
     prompts = read_job_prompts(job)
     total = len(prompts)
     run_id = job.run_id
@@ -553,8 +586,10 @@ def run_ray(
             gpu = 1 if str(job.device).startswith("cuda") else 0
             actor_cls = ray.remote(_Worker).options(num_cpus=1, num_gpus=gpu)
             threads = max(1, int(os.environ.get("ROUTESCOPE_WORKER_THREADS", "1")))
+            presets = job_presets(job)
             actors = [
-                actor_cls.remote(job, prompts, threads) for _ in range(min(workers, len(chunks)))
+                actor_cls.remote(job, prompts, presets, threads)
+                for _ in range(min(workers, len(chunks)))
             ]
             queue = list(reversed(chunks))
             pending: dict[Any, tuple[Any, list[int]]] = {}
@@ -628,6 +663,8 @@ __all__ = [
     "ScaleOutError",
     "Shard",
     "collect_chunk",
+    "install_presets",
+    "job_presets",
     "merge_sources",
     "merge_stores",
     "run_ray",

@@ -228,3 +228,42 @@ def test_scaleout_user_errors_are_one_line(tmp_path, monkeypatch, prompt_files, 
         assert isinstance(r.exception, ScaleOutError), (args, r.output)
         assert message in str(r.exception) and "\n" not in str(r.exception)
     assert not (tmp_path / "o.duckdb").exists() and not Path(db).exists()
+
+
+def test_shards_of_a_job_steered_by_a_preset(tmp_path, model_dir, prompt_files):
+    """A preset named by the job lives in the job's store: both shard forms resolve it from
+    there, and the merged shards equal the steered single-process run."""
+    from routescope.cli.scale import run_scaled
+    from routescope.steering.presets import create_preset
+    from routescope.steering.spec import SteeringSpec
+
+    db = str(tmp_path / "main.duckdb")
+    with RoutingStore(db) as store:
+        spec = SteeringSpec.from_dict(
+            {"edits": [{"layer": 1, "expert": 4, "action": "deactivate"}]}
+        )
+        create_preset(store.con, "no-e4", spec, model_id=model_dir)
+    job = job_from_options(prompt_files, model=model_dir, db=db, steering="no-e4", **OPTS)
+    ref = run_job(job, quiet=True)
+    assert ref.status == "complete"
+    parts = tmp_path / "parts"
+    run_scaled(job, True, "0/2", None, False, None, 2)
+    run_scaled(job, True, "1/2", parts, False, None, 2)
+    shard0 = str(tmp_path / "main.shard-0-of-2.duckdb")
+    with RoutingStore(shard0, read_only=True) as store:
+        assert store.table("SELECT name FROM steering_presets")["name"].to_list() == ["no-e4"]
+    out = str(tmp_path / "merged.duckdb")
+    merge_stores(out, [shard0, str(parts)], quiet=True)
+    want = dump(db)
+    assert_same(dump(out), want)
+    assert status(out, job.run_id) == "complete"
+    con = connect_store(out)
+    try:
+        layer1 = con.execute(
+            "SELECT count(*) FROM route_choices WHERE layer = 1 AND expert = 4"
+        ).fetchall()
+        steering_id = con.execute("SELECT steering_id FROM runs").fetchall()
+        preset_id = con.execute("SELECT preset_id FROM steering_presets").fetchall()
+    finally:
+        con.close()
+    assert layer1 == [(0,)] and steering_id == preset_id
