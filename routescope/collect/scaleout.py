@@ -134,12 +134,14 @@ class ParquetPartsStore:
     """
 
     def __init__(self, directory: str | Path) -> None:
-        from routescope.store.store import RoutingStore
+        from routescope.store.store import CollectionLock, RoutingStore
 
         self.root = Path(directory)
         self.path = str(self.root)
         self.read_only = False
         self.root.mkdir(parents=True, exist_ok=True)
+        # one writer per directory: another's unfinished part must not look abandoned
+        self._lock = CollectionLock(self.root / ".collect-lock", self.path)
         self._remove_unfinished()
         self.mem = RoutingStore(":memory:")
         self.con = self.mem.con
@@ -174,6 +176,7 @@ class ParquetPartsStore:
 
     def close(self) -> None:
         self.mem.close()
+        self._lock.release()
 
     def __enter__(self) -> ParquetPartsStore:
         return self
@@ -255,7 +258,7 @@ class ParquetPartsStore:
 # ---- merge ------------------------------------------------------------------------------------
 @dataclass
 class MergeResult:
-    """What a merge added: per run, sequences and route rows added and the run's status after."""
+    """What a merge did, per run: sequences added, stored after, the job's size, status after."""
 
     out: str
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -643,6 +643,44 @@ def _objects(col: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(col.to_pylist(), dtype=object)
 
 
+class CollectionLock:
+    """An advisory lock file held while one collection writes to a store (released by
+    `release()` or at process exit); a second collection into the same store stops at once."""
+
+    def __init__(self, lock_path: str | Path, store: str) -> None:
+        self.path = str(lock_path)
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here: DuckDB's lock still guards each commit
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # e.g. a missing directory: opening the store reports it clearly
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="ignore").strip()
+            os.close(fd)
+            who = f" (process {holder})" if holder.isdigit() else ""
+            raise StoreError(
+                f"another collection{who} is writing to {store}; wait for it to finish "
+                "(or stop it), or point --db at another file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
+
+
 class IntermittentStore:
     """A writable store that holds the DuckDB file's lock only during each call.
 
@@ -659,33 +697,7 @@ class IntermittentStore:
         self.path = str(path)
         self.lock_timeout = lock_timeout
         self.read_only = False
-        self._lock_fd: int | None = None
-        self._lock_path = self.path + ".collect-lock"
-        if exclusive:
-            self._acquire()
-
-    def _acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks here: DuckDB's lock still guards each commit
-            return
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return  # e.g. a missing directory: opening the database reports it clearly
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="ignore").strip()
-            os.close(fd)
-            who = f" (process {holder})" if holder.isdigit() else ""
-            raise StoreError(
-                f"another collection{who} is writing to {self.path}; wait for it to finish "
-                "(or stop it), or point --db at another file"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock = CollectionLock(self.path + ".collect-lock", self.path) if exclusive else None
 
     def open(self) -> RoutingStore:
         """The store opened for writing (a context manager; closing releases the lock)."""
@@ -693,11 +705,8 @@ class IntermittentStore:
 
     def close(self) -> None:
         """Release the collection lock (nothing else is held between calls)."""
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._lock_path)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> IntermittentStore:
         return self

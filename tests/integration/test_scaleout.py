@@ -15,6 +15,7 @@ from routescope.cli import app
 from routescope.collect.jobs import job_from_options
 from routescope.collect.runner import CollectionInterrupted, run_job
 from routescope.collect.scaleout import ParquetPartsStore, ScaleOutError, Shard, merge_stores
+from routescope.errors import StoreError
 from routescope.store.dataset import connect_store
 from routescope.store.store import RoutingStore
 
@@ -179,8 +180,10 @@ def test_parquet_parts_resume_after_interrupt(tmp_path, model_dir, prompt_files,
     stray = parts / "routes" / f"run_id={job.run_id}" / "layer=0" / "deadbeef_0.parquet"
     stray.write_bytes(b"not parquet")
     with ParquetPartsStore(parts) as store:
+        with pytest.raises(StoreError, match="another collection .* is writing to"):
+            ParquetPartsStore(parts)  # a second writer would take the first's parts as abandoned
+        assert not stray.exists()
         res = run_job(job, quiet=True, store=store, flush_rows=1)
-    assert not stray.exists()
     assert res.sequences_skipped == 1 and res.sequences_written == N_SEQ - 1
     assert_same(dump(str(parts)), want)
     assert not (tmp_path / "unused.duckdb").exists()
