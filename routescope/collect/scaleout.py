@@ -12,6 +12,7 @@ anywhere and merged without remapping:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -580,8 +581,11 @@ def run_ray(
     written = tokens = rows = 0
     status = "complete"
     try:
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if todo and not ray.is_initialized():
+            level = logging.ERROR if quiet else logging.WARNING
+            ray.init(
+                address=address, include_dashboard=False, log_to_driver=False, logging_level=level
+            )
             started_ray = True
         if todo:
             size = chunk_size or max(job.batch_size, math.ceil(len(todo) / (workers * 8)))
