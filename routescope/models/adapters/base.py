@@ -29,6 +29,13 @@ def _expand_expert_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.
     return mask.expand_as(like)
 
 
+def remove_experts(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``scores`` with the experts in ``mask`` (bool ``(E,)`` or ``(tokens, E)``) set to -inf, so
+    top-k never picks them; unchanged when ``mask`` is None."""
+    mask = _expand_expert_mask(mask, scores)
+    return scores if mask is None else scores.masked_fill(mask, float("-inf"))
+
+
 class MoEAdapter(ABC):
     """Knows one family's layout (router module per layer) and routing function.
 
@@ -168,9 +175,7 @@ class SoftmaxTopKAdapter(MoEAdapter):
     def selection_scores(
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        probs = torch.softmax(logits.float(), dim=-1)
-        mask = _expand_expert_mask(mask, probs)
-        return probs if mask is None else probs.masked_fill(mask, float("-inf"))
+        return remove_experts(torch.softmax(logits.float(), dim=-1), mask)
 
     def gate_weights(
         self,
@@ -197,8 +202,7 @@ class TopKSoftmaxAdapter(MoEAdapter):
     def selection_scores(
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        mask = _expand_expert_mask(mask, logits)
-        return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+        return remove_experts(logits, mask)
 
     def gate_weights(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+from routescope.models.adapters.base import MoEAdapter, remove_experts
 
 
 class DeepseekV2Adapter(MoEAdapter):
@@ -40,9 +40,7 @@ class DeepseekV2Adapter(MoEAdapter):
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         scores = torch.softmax(logits.float(), dim=-1)
-        mask = _expand_expert_mask(mask, scores)
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
+        scores = remove_experts(scores, mask)
         if self.config.topk_method == "group_limited_greedy":
             n_group = int(self.config.n_group)
             grouped = scores.view(-1, n_group, self.num_experts // n_group)

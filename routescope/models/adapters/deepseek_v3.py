@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+from routescope.models.adapters.base import MoEAdapter, remove_experts
 
 
 class DeepseekV3Adapter(MoEAdapter):
@@ -39,9 +39,7 @@ class DeepseekV3Adapter(MoEAdapter):
     ) -> torch.Tensor:
         scores = torch.sigmoid(logits.float())
         choice = scores + router.e_score_correction_bias.float()
-        mask = _expand_expert_mask(mask, choice)
-        if mask is not None:
-            choice = choice.masked_fill(mask, float("-inf"))
+        choice = remove_experts(choice, mask)
         n_group = int(self.config.n_group)
         grouped = choice.view(-1, n_group, self.num_experts // n_group)
         group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+from routescope.models.adapters.base import MoEAdapter, remove_experts
 
 
 class Llama4Adapter(MoEAdapter):
@@ -50,8 +50,7 @@ class Llama4Adapter(MoEAdapter):
     def selection_scores(
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        mask = _expand_expert_mask(mask, logits)
-        return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+        return remove_experts(logits, mask)
 
     def gate_weights(
         self,

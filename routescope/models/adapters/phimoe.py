@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, _expand_expert_mask
+from routescope.models.adapters.base import MoEAdapter, remove_experts
 
 
 def _sparse_weight(scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor, eps: float):
@@ -48,8 +48,7 @@ class PhimoeAdapter(MoEAdapter):
     def selection_scores(
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        mask = _expand_expert_mask(mask, logits)
-        return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+        return remove_experts(logits, mask)
 
     def gate_weights(
         self,
