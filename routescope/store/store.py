@@ -69,6 +69,10 @@ def _connect_retrying(path: str, read_only: bool, lock_timeout: float) -> duckdb
             raise StoreError(f"cannot open {path} as a DuckDB database: {first}") from None
 
 
+#: seconds a read-only open waits while a collection job holds the file for a commit
+READER_LOCK_TIMEOUT = 10.0
+
+
 class RoutingStore:
     """A routing database: runs, sequences, tokens, routes (+ router_probs, presets, notes, cache).
 
@@ -90,6 +94,19 @@ class RoutingStore:
         if connection is not None:  # e.g. an in-memory connection with views over Parquet
             self.con = connection
             return
+        if Path(self.path).is_dir():  # a `routescope export` tree: views over its Parquet files
+            if not read_only:
+                raise StoreError(
+                    f"{self.path} is a Parquet export directory, which is read-only; "
+                    "write to a DuckDB file instead (--db FILE.duckdb)"
+                )
+            from routescope.store.dataset import connect_store
+
+            self.con = connect_store(self.path)
+            return
+        if read_only and lock_timeout == 0.0:
+            # readers wait briefly for a collection job to finish its commit
+            lock_timeout = READER_LOCK_TIMEOUT
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(
                 f"no routing database at {self.path}; run `routescope collect` first or pass --db"
