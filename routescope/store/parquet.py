@@ -14,8 +14,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import duckdb
-
 from routescope.errors import StoreError
 from routescope.store.store import RoutingStore
 from routescope.store.trace import Trace
@@ -68,26 +66,14 @@ def export_parquet(store: RoutingStore, run: str | None, directory: str | Path) 
 
 
 def open_parquet_store(directory: str | Path) -> RoutingStore:
-    """A read-only `RoutingStore` over an export directory (in-memory DuckDB views on the files)."""
+    """A read-only `RoutingStore` over an export directory (views built by `connect_store`)."""
     root = Path(directory)
     if not (root / "routes").is_dir() or not (root / "runs").is_dir():
         raise StoreError(
             f"{root} is not a routescope Parquet export (no routes/ and runs/ inside); "
             "create one with `routescope export RUN --parquet DIR`"
         )
-    con = duckdb.connect(":memory:")
-    for table, parts in PARTITIONS.items():
-        if not any((root / table).glob("run_id=*")):
-            if table == "router_probs":
-                continue
-            raise StoreError(f"{root / table} holds no exported run; re-run `routescope export`")
-        types = ", ".join(f"'{p}': '{_HIVE_TYPES[p]}'" for p in parts)
-        glob = str(root / table / "/".join("*" for _ in parts) / "*.parquet")
-        con.execute(
-            f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_sql_str(glob)}, "
-            f"hive_partitioning = true, hive_types = {{{types}}})"
-        )
-    return RoutingStore(str(root), read_only=True, connection=con)
+    return RoutingStore(str(root), read_only=True)
 
 
 def load_trace_parquet(
