@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
@@ -88,36 +86,9 @@ def demo(
         runs = store.runs()
         domain_run = jobs[0].run_id
         trace = store.load_trace(domain_run)
-    table = Table(title=f"runs in {db}")
-    for col in (
-        "run_id",
-        "model_id",
-        "family",
-        "num_layers",
-        "num_experts",
-        "top_k",
-        "sequences",
-        "tokens",
-        "status",
-    ):
-        table.add_column(col)
-    for row in runs.iter_rows(named=True):
-        table.add_row(
-            *[
-                str(Path(str(row[c])).name if c == "model_id" else row[c])
-                for c in (
-                    "run_id",
-                    "model_id",
-                    "family",
-                    "num_layers",
-                    "num_experts",
-                    "top_k",
-                    "sequences",
-                    "tokens",
-                    "status",
-                )
-            ]
-        )
+    from routescope.cli.misc import runs_table
+
+    table = runs_table(runs, f"runs in {db}")
     console.print(table)
 
     loads = load_summary(trace)

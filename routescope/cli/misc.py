@@ -15,13 +15,49 @@ def runs(
 ) -> None:
     """List the runs in the store, newest first."""
     from rich.console import Console
-    from rich.table import Table
 
     from routescope.store.store import RoutingStore
 
     with RoutingStore(db, read_only=True) as store:
         frame = store.runs()
-    table = Table(title=f"runs in {db}")
+    table = runs_table(frame, f"runs in {db}")
+    console = Console()
+    if frame.height == 0:
+        console.print(f"no runs in {db}; record one with `routescope collect`")
+        return
+    console.print(table)
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="Run id or name ('latest' for the newest)."),
+    parquet: Path = typer.Option(..., "--parquet", help="Directory to write (created if needed)."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),
+) -> None:
+    """Write a run as hive-partitioned Parquet (routes/run_id=…/layer=…, tokens, sequences, runs)."""
+    from rich.console import Console
+
+    from routescope.store.parquet import export_parquet
+    from routescope.store.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store:
+        run_id = store.resolve_run(run)
+        counts = export_parquet(store, run_id, parquet)
+    if not quiet:
+        Console(stderr=True).print(
+            f"exported run {run_id} to {parquet}: {counts['routes']:,} route rows, "
+            f"{counts['tokens']:,} tokens, {counts['sequences']:,} sequences",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def runs_table(frame, title: str):
+    """The rich table of `RoutingStore.runs()` shown by `routescope runs` and `routescope demo`."""
+    from rich.table import Table
+
+    table = Table(title=title)
     for col, justify in (
         ("run", "left"),
         ("model", "left"),
@@ -64,33 +100,4 @@ def runs(
             labels if len(labels) <= 40 else labels[:37] + "…",
             str(row["status"]),
         )
-    console = Console()
-    if frame.height == 0:
-        console.print(f"no runs in {db}; record one with `routescope collect`")
-        return
-    console.print(table)
-
-
-@app.command()
-def export(
-    run: str = typer.Argument(..., help="Run id or name ('latest' for the newest)."),
-    parquet: Path = typer.Option(..., "--parquet", help="Directory to write (created if needed)."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),
-) -> None:
-    """Write a run as hive-partitioned Parquet (routes/run_id=…/layer=…, tokens, sequences, runs)."""
-    from rich.console import Console
-
-    from routescope.store.parquet import export_parquet
-    from routescope.store.store import RoutingStore
-
-    with RoutingStore(db, read_only=True) as store:
-        run_id = store.resolve_run(run)
-        counts = export_parquet(store, run_id, parquet)
-    if not quiet:
-        Console(stderr=True).print(
-            f"exported run {run_id} to {parquet}: {counts['routes']:,} route rows, "
-            f"{counts['tokens']:,} tokens, {counts['sequences']:,} sequences",
-            highlight=False,
-            soft_wrap=True,
-        )
+    return table
