@@ -69,6 +69,11 @@ def _connect_retrying(path: str, read_only: bool, lock_timeout: float) -> duckdb
             raise StoreError(f"cannot open {path} as a DuckDB database: {first}") from None
 
 
+_CACHE_INSERT = (
+    "INSERT OR REPLACE INTO analysis_cache (run_id, kind, params_key, params, result) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
 #: seconds a read-only open waits while a collection job holds the file for a commit
 READER_LOCK_TIMEOUT = 10.0
 
@@ -90,6 +95,7 @@ class RoutingStore:
     ) -> None:
         self.path = str(path)
         self.read_only = read_only
+        self._reopenable = False  # a read-only DuckDB file this object opened itself
         self._moe_layers: dict[str, list[int]] = {}
         if connection is not None:  # e.g. an in-memory connection with views over Parquet
             self.con = connection
@@ -112,6 +118,7 @@ class RoutingStore:
                 f"no routing database at {self.path}; run `routescope collect` first or pass --db"
             )
         self.con = _connect_retrying(self.path, read_only, lock_timeout)
+        self._reopenable = read_only and self.path != ":memory:"
         if not read_only:
             self.con.execute(DDL)
             self.con.execute(
@@ -389,15 +396,29 @@ class RoutingStore:
             raise TypeError(
                 f"cached_result compute() must return a polars DataFrame, got {result!r}"
             )
+        buf = io.BytesIO()
+        result.write_ipc(buf)
+        entry = [run_id, kind, key, params_json, buf.getvalue()]
         if not self.read_only:
-            buf = io.BytesIO()
-            result.write_ipc(buf)
-            self.con.execute(
-                "INSERT OR REPLACE INTO analysis_cache (run_id, kind, params_key, params, result) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [run_id, kind, key, params_json, buf.getvalue()],
-            )
+            self.con.execute(_CACHE_INSERT, entry)
+        elif self._reopenable:
+            self._cache_briefly(entry)
         return result
+
+    def _cache_briefly(self, entry: list[Any]) -> None:
+        """From a read-only store: take the write lock just long enough to save a cache entry, so
+        the next reader (CLI or dashboard) skips the computation. Skipped when a writer holds it."""
+        self.con.close()
+        try:
+            con = duckdb.connect(self.path)
+        except duckdb.Error:
+            con = None  # a collection job is committing: keep the result, cache it next time
+        if con is not None:
+            try:
+                con.execute(_CACHE_INSERT, entry)
+            finally:
+                con.close()
+        self.con = _connect_retrying(self.path, True, READER_LOCK_TIMEOUT)
 
     # ---- writer -----------------------------------------------------------------------------
     def create_or_resume_run(

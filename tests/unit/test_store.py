@@ -286,9 +286,38 @@ def test_cached_result_hit_miss_and_invalidation(filled):
     with RoutingStore(path, read_only=True) as ro:
         hit = ro.cached_result("run-a", "load", {"phase": "all", "c": 1}, compute)
         assert len(calls) == 4 and hit.equals(a)
-        ro.cached_result("run-a", "load", {"new": True}, compute)  # miss: computes, not stored
+        # a miss computes, then saves the entry by taking the write lock briefly
         ro.cached_result("run-a", "load", {"new": True}, compute)
-        assert len(calls) == 6
+        again = ro.cached_result("run-a", "load", {"new": True}, compute)
+        assert len(calls) == 5 and again.equals(a)
+        assert ro.read_only and ro.runs()["run_id"].to_list() == ["run-a"]  # still usable
+    with RoutingStore(path, read_only=True) as ro:  # a later reader gets the saved entry
+        ro.cached_result("run-a", "load", {"new": True}, compute)
+        assert len(calls) == 5
+
+
+def test_read_only_cache_skips_saving_while_a_writer_holds_the_file(filled, monkeypatch):
+    """If a collection job grabs the file between the reader's close and its brief write, the
+    result is returned uncached and the reader reopens read-only."""
+    import routescope.store.store as store_mod
+
+    path, _ = filled
+    real_connect = duckdb.connect
+
+    def locked_for_writers(database, read_only=False, **kw):
+        if not read_only:
+            raise duckdb.IOException("Could not set lock on file: Conflicting lock (PID 1)")
+        return real_connect(database, read_only=read_only, **kw)
+
+    with RoutingStore(path, read_only=True) as ro:
+        monkeypatch.setattr(store_mod.duckdb, "connect", locked_for_writers)
+        got = ro.cached_result("run-a", "k", {}, lambda: pl.DataFrame({"x": [1]}))
+        assert got.equals(pl.DataFrame({"x": [1]}))
+        assert ro.runs()["run_id"].to_list() == ["run-a"]  # reopened, still usable
+        monkeypatch.setattr(store_mod.duckdb, "connect", real_connect)
+    with RoutingStore(path, read_only=True) as store:
+        n = store.con.execute("SELECT count(*) FROM analysis_cache").fetchall()[0][0]
+    assert n == 0
 
 
 def test_read_only_missing_file_is_one_line(tmp_path):
