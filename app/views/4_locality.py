@@ -3,6 +3,8 @@ rates per policy against capacity with the Belady bound, per layer or pooled, pr
 
 from __future__ import annotations
 
+from typing import Any
+
 import _shared as sh
 import polars as pl
 import streamlit as st
@@ -11,29 +13,41 @@ from routescope.analysis import cache, consistency
 from routescope.analysis.figures_app import cache_figure, sch_figure, srp_figure
 
 
+def _stored(db: str, version: str, run_id: str, fn: Any, **kwargs: Any) -> pl.DataFrame:
+    """fn over the run's trace, through the store's analysis cache (shared with the CLI)."""
+    return sh.read(
+        db,
+        lambda s: s.cached_analysis(
+            run_id, fn, lambda: sh.load_trace(db, version, run_id), **kwargs
+        ),
+    )
+
+
 @st.cache_data(show_spinner="Computing SRP…")
 def _srp(db: str, version: str, run_id: str, phase: str, segs: tuple[int, ...]) -> pl.DataFrame:
-    return consistency.srp(sh.load_trace(db, version, run_id), segs, phase=phase)
+    return _stored(db, version, run_id, consistency.srp, segment_lengths=segs, phase=phase)
 
 
 @st.cache_data(show_spinner="Computing SCH…")
 def _sch(
     db: str, version: str, run_id: str, phase: str, segs: tuple[int, ...], kind: str
 ) -> pl.DataFrame:
-    return consistency.sch(sh.load_trace(db, version, run_id), segs, kind=kind, phase=phase)
+    return _stored(
+        db, version, run_id, consistency.sch, segment_lengths=segs, kind=kind, phase=phase
+    )
 
 
 @st.cache_data(show_spinner="Computing repetition rates…")
 def _repetition(db: str, version: str, run_id: str, phase: str) -> pl.DataFrame:
-    return consistency.repetition_rates(sh.load_trace(db, version, run_id), phase=phase)
+    return _stored(db, version, run_id, consistency.repetition_rates, phase=phase)
 
 
 @st.cache_data(show_spinner="Simulating expert caches…")
 def _cache(
     db: str, version: str, run_id: str, policies: tuple[str, ...], service: str, start: str
 ) -> pl.DataFrame:
-    return cache.cache_hit_rates(
-        sh.load_trace(db, version, run_id), policies=policies, service=service, start=start
+    return _stored(
+        db, version, run_id, cache.cache_hit_rates, policies=policies, service=service, start=start
     )
 
 

@@ -53,14 +53,16 @@ def shuffled(trace: Trace, seed: int = 0) -> Trace:
     return replace(trace, experts=trace.experts[order], weights=trace.weights[order])
 
 
-def repetition_rates(trace: Trace, phase: str = "all") -> pl.DataFrame:
+def repetition_rates(
+    trace: Trace, phase: str = "all", labels: Sequence[str] | None = None
+) -> pl.DataFrame:
     """Per layer (and pooled, layer null): how often consecutive tokens repeat their routing.
 
     top1_repeat: the top-1 expert repeats (chance 1/E); top2_share: the top-2 sets share an
     expert (chance 1 - C(E-2,2)/C(E,2)); topk_overlap: mean |S_t ∩ S_{t-1}|/k (chance k/E).
     Pairs are consecutive token rows of the same sequence.
     """
-    sub = _select(trace, phase, None)
+    sub = _select(trace, phase, labels)
     E, k = sub.num_experts, sub.top_k
     ex = sub.experts.astype(np.int64)
     same_seq = np.ones(sub.num_tokens, dtype=bool)

@@ -93,22 +93,14 @@ def consistency_cmd(
     with RoutingStore(db, read_only=True) as store:
         run_id = store.resolve_run(run)
         trace = _trace_loader(store, run_id, phase, labels, err)
-        params = {"phase": phase, "labels": labels}
-        rep = store.cached_result(
-            run_id, "consistency.repetition", params, lambda: cons.repetition_rates(trace())
-        )
-        srp = store.cached_result(
-            run_id,
-            "consistency.srp",
-            {**params, "segments": segs, "seed": seed},
-            lambda: _with_status(err, "SRP", lambda: cons.srp(trace(), segs, shuffled_seed=seed)),
-        )
-        sch = store.cached_result(
-            run_id,
-            "consistency.sch",
-            {**params, "segments": segs},
-            lambda: _with_status(err, "SCH", lambda: cons.sch(trace(), segs)),
-        )
+        sel = {"phase": phase, "labels": labels}
+        rep = store.cached_analysis(run_id, cons.repetition_rates, trace, **sel)
+        with err.status("SRP…"):
+            srp = store.cached_analysis(
+                run_id, cons.srp, trace, segment_lengths=segs, shuffled_seed=seed, **sel
+            )
+        with err.status("SCH…"):
+            sch = store.cached_analysis(run_id, cons.sch, trace, segment_lengths=segs, **sel)
     if plot is not None:
         from routescope.analysis.figures_locality import srp_figure, write_figure
 
@@ -126,11 +118,6 @@ def consistency_cmd(
         typer.echo(json.dumps(out, indent=2))
         return
     _print_consistency(run_id, rep, srp, sch)
-
-
-def _with_status(err: Any, what: str, fn: Any) -> Any:
-    with err.status(f"computing {what}…"):
-        return fn()
 
 
 def _print_consistency(run_id: str, rep: Any, srp: Any, sch: Any) -> None:
@@ -251,22 +238,8 @@ def cache_cmd(
             "phase": phase,
             "labels": labels,
         }
-        df = store.cached_result(
-            run_id,
-            "cache.hit_rates",
-            params,
-            lambda: ca.cache_hit_rates(
-                trace(),
-                policies=pols,
-                capacities=caps,
-                scope=scope,
-                service=service,
-                start=start,
-                granularity=granularity,
-                phase=phase,
-                batch_size=batch_size,
-                progress=not (quiet or as_json),
-            ),
+        df = store.cached_analysis(
+            run_id, ca.cache_hit_rates, trace, progress=not (quiet or as_json), **params
         )
     if plot is not None:
         from routescope.analysis.figures_locality import cache_figure, write_figure

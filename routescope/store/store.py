@@ -69,6 +69,9 @@ def _connect_retrying(path: str, read_only: bool, lock_timeout: float) -> duckdb
             raise StoreError(f"cannot open {path} as a DuckDB database: {first}") from None
 
 
+#: arguments of an analysis that do not change its result (left out of cache keys)
+_NOT_PARAMETERS = frozenset({"progress"})
+
 _CACHE_INSERT = (
     "INSERT OR REPLACE INTO analysis_cache (run_id, kind, params_key, params, result) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -404,6 +407,31 @@ class RoutingStore:
         elif self._reopenable:
             self._cache_briefly(entry)
         return result
+
+    def cached_analysis(
+        self,
+        run_id: str,
+        fn: Callable[..., pl.DataFrame],
+        load: Callable[[], Trace],
+        **kwargs: Any,
+    ) -> pl.DataFrame:
+        """`fn(load(), **kwargs)` through `cached_result`, keyed by fn's qualified name and its
+        full arguments (defaults filled in), so the CLI and the dashboard share entries.
+
+        `load` is called only on a miss; it may return the run's trace already narrowed to the
+        `phase`/`labels` in kwargs (the analyses select them again, which is then a no-op).
+        """
+        import inspect
+
+        bound = inspect.signature(fn).bind_partial(None, **kwargs)
+        bound.apply_defaults()
+        params = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in list(bound.arguments.items())[1:]
+            if k not in _NOT_PARAMETERS
+        }
+        kind = f"{fn.__module__}.{fn.__qualname__}"
+        return self.cached_result(run_id, kind, params, lambda: fn(load(), **kwargs))
 
     def _cache_briefly(self, entry: list[Any]) -> None:
         """From a read-only store: take the write lock just long enough to save a cache entry, so

@@ -1,0 +1,58 @@
+"""Analysis results are cached in the store under the function and its full arguments, so the CLI
+and the dashboard (which call the analyses differently) share entries."""
+
+import polars as pl
+from test_store import filled  # noqa: F401  (fixture)
+from typer.testing import CliRunner
+
+from routescope.analysis import cache, consistency
+from routescope.cli._app import app
+from routescope.store.store import RoutingStore
+
+
+def _never():
+    raise AssertionError("the trace was loaded: the cached entry was not found")
+
+
+def test_cli_entries_serve_the_dashboards_calls(filled):  # noqa: F811
+    path, _ = filled
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["analyze", "consistency", "run-a", "--segments", "2,3", "--db", path, "--json", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app, ["analyze", "cache", "run-a", "--policies", "lru,belady", "--db", path, "--json", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    with RoutingStore(path, read_only=True) as store:
+        trace = store.load_trace("run-a")
+        kinds = {r[0] for r in store.con.execute("SELECT kind FROM analysis_cache").fetchall()}
+        assert "routescope.analysis.consistency.srp" in kinds
+        # the dashboard's call forms (tuples, phase as a keyword, defaults left out)
+        srp = store.cached_analysis(
+            "run-a", consistency.srp, _never, segment_lengths=(2, 3), phase="all"
+        )
+        assert srp.equals(consistency.srp(trace, [2, 3]))
+        rep = store.cached_analysis("run-a", consistency.repetition_rates, _never, phase="all")
+        assert rep.equals(consistency.repetition_rates(trace))
+        hits = store.cached_analysis(
+            "run-a",
+            cache.cache_hit_rates,
+            _never,
+            policies=("lru", "belady"),
+            service="stream",
+            start="cold",
+        )
+        assert hits.equals(cache.cache_hit_rates(trace, policies=["lru", "belady"]))
+        # different arguments are a different entry
+        calls = []
+
+        def load():
+            calls.append(1)
+            return trace
+
+        other = store.cached_analysis(
+            "run-a", consistency.srp, load, segment_lengths=(2,), phase="all"
+        )
+        assert calls == [1] and isinstance(other, pl.DataFrame)
