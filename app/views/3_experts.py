@@ -3,6 +3,8 @@ co-activations, and its annotation (saved to expert_notes, shown wherever the ex
 
 from __future__ import annotations
 
+from typing import Any
+
 import _shared as sh
 import polars as pl
 import streamlit as st
@@ -12,26 +14,38 @@ from routescope.analysis.figures_app import annotate_experts, entropy_figure
 from routescope.analysis.figures_experts import coactivation_heatmap, domain_heatmap, load_heatmap
 
 
+def _stored(db: str, version: str, run_id: str, phase: str, fn: Any, **kwargs: Any) -> Any:
+    """fn over the run's trace in one phase, through the store's analysis cache (shared with
+    `routescope analyze specialization`)."""
+
+    def load() -> Any:
+        return sh.load_trace(db, version, run_id).select_phase(phase)
+
+    sel = {"phase": phase, "layers": None}
+    return sh.read(db, lambda s: s.cached_analysis(run_id, fn, load, selection=sel, **kwargs))
+
+
 @st.cache_data(show_spinner="Computing expert load…")
 def _load(db: str, version: str, run_id: str, phase: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    tr = sh.load_trace(db, version, run_id).select_phase(phase)
-    return spec.expert_load(tr), spec.load_summary(tr)
+    return (
+        _stored(db, version, run_id, phase, spec.expert_load),
+        _stored(db, version, run_id, phase, spec.load_summary),
+    )
 
 
 @st.cache_data(show_spinner="Computing domain specialization…")
 def _domain(db: str, version: str, run_id: str, phase: str) -> pl.DataFrame:
-    return spec.domain_specialization(sh.load_trace(db, version, run_id).select_phase(phase))
+    return _stored(db, version, run_id, phase, spec.domain_specialization)
 
 
 @st.cache_data(show_spinner="Computing vocabulary specialization…")
 def _vocab(db: str, version: str, run_id: str, phase: str, min_count: int) -> pl.DataFrame:
-    tr = sh.load_trace(db, version, run_id).select_phase(phase)
-    return spec.vocabulary_specialization(tr, min_count=min_count)
+    return _stored(db, version, run_id, phase, spec.vocabulary_specialization, min_count=min_count)
 
 
 @st.cache_data(show_spinner="Computing co-activation…")
 def _coact(db: str, version: str, run_id: str, phase: str, layer: int) -> pl.DataFrame:
-    return spec.coactivation(sh.load_trace(db, version, run_id).select_phase(phase), layer)
+    return _stored(db, version, run_id, phase, spec.coactivation, layer=layer)
 
 
 st.title("Experts")

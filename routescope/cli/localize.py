@@ -72,17 +72,12 @@ def specialization_cmd(
             with err.status(f"loading run {run_id}…"):
                 return store.load_trace(run_id, phase=phase, layers=layers)
 
-        params = {"phase": phase, "layer": layer}
-        load = store.cached_result(run_id, "spec.load", params, lambda: sp.expert_load(trace()))
-        summary = store.cached_result(
-            run_id, "spec.load_summary", params, lambda: sp.load_summary(trace())
-        )
+        sel = {"phase": phase, "layers": None if layer is None else [layer]}
+        load = store.cached_analysis(run_id, sp.expert_load, trace, selection=sel)
+        summary = store.cached_analysis(run_id, sp.load_summary, trace, selection=sel)
         try:
-            domain = store.cached_result(
-                run_id,
-                "spec.domain",
-                {**params, "by": by},
-                lambda: sp.domain_specialization(trace(), by=by),
+            domain = store.cached_analysis(
+                run_id, sp.domain_specialization, trace, selection=sel, by=by
             )
         except InvalidParameterError as exc:
             if "group by" in str(exc):
@@ -91,9 +86,7 @@ def specialization_cmd(
             no_domain = str(exc)
         n_groups = 0 if domain is None else domain[by].n_unique()
         cv = (
-            store.cached_result(
-                run_id, "spec.domain_cv", {**params, "by": by}, lambda: sp.domain_cv(trace(), by=by)
-            )
+            store.cached_analysis(run_id, sp.domain_cv, trace, selection=sel, by=by)
             if n_groups >= 2
             else None
         )

@@ -413,13 +413,17 @@ class RoutingStore:
         run_id: str,
         fn: Callable[..., pl.DataFrame],
         load: Callable[[], Trace],
+        *,
+        selection: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> pl.DataFrame:
         """`fn(load(), **kwargs)` through `cached_result`, keyed by fn's qualified name and its
         full arguments (defaults filled in), so the CLI and the dashboard share entries.
 
         `load` is called only on a miss; it may return the run's trace already narrowed to the
-        `phase`/`labels` in kwargs (the analyses select them again, which is then a no-op).
+        `phase`/`labels` in kwargs (the analyses select them again, which is then a no-op). When
+        `load` narrows the trace in a way fn's arguments do not say (e.g. phase for functions
+        without a phase argument), name it in `selection`: it becomes part of the key.
         """
         import inspect
 
@@ -430,6 +434,8 @@ class RoutingStore:
             for k, v in list(bound.arguments.items())[1:]
             if k not in _NOT_PARAMETERS
         }
+        if selection:
+            params["_selection"] = dict(selection)
         kind = f"{fn.__module__}.{fn.__qualname__}"
         return self.cached_result(run_id, kind, params, lambda: fn(load(), **kwargs))
 

@@ -56,3 +56,28 @@ def test_cli_entries_serve_the_dashboards_calls(filled):  # noqa: F811
             "run-a", consistency.srp, load, segment_lengths=(2,), phase="all"
         )
         assert calls == [1] and isinstance(other, pl.DataFrame)
+
+
+def test_specialization_entries_are_shared(filled):  # noqa: F811
+    from routescope.analysis import specialization as sp
+
+    path, _ = filled
+    res = CliRunner().invoke(
+        app, ["analyze", "specialization", "run-a", "--db", path, "--json", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    sel = {"phase": "all", "layers": None}  # what the dashboard's Experts page asks for
+    with RoutingStore(path, read_only=True) as store:
+        trace = store.load_trace("run-a")
+        for fn in (sp.expert_load, sp.load_summary, sp.domain_specialization):
+            got = store.cached_analysis("run-a", fn, _never, selection=sel)
+            assert got.equals(fn(trace)), fn.__name__
+        # another phase is another entry
+        calls = []
+        store.cached_analysis(
+            "run-a",
+            sp.expert_load,
+            lambda: calls.append(1) or trace.select_phase("prefill"),
+            selection={"phase": "prefill", "layers": None},
+        )
+        assert calls == [1]
