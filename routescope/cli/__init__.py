@@ -7,6 +7,7 @@ import sys
 from routescope.cli import (  # noqa: F401  (imported for their command registrations)
     analyze,
     collect,
+    compare,
     dashboard,
     demo,
     localize,
