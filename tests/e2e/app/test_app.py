@@ -541,3 +541,20 @@ def test_a_writer_holding_the_file_shows_the_last_data_with_a_note(
         holder.wait(timeout=30)
     goto(at, "tokens")
     assert not at.warning and chart_specs(at)
+
+
+def test_every_read_only_page_works_on_a_parquet_export(fixture_store, tmp_path, monkeypatch):
+    """--db may be a `routescope export` directory: every page that only reads renders from it."""
+    from routescope.store.parquet import export_parquet
+    from routescope.store.store import RoutingStore
+
+    out = tmp_path / "export"
+    with RoutingStore(fixture_store["db"], read_only=True) as store:
+        export_parquet(store, fixture_store["run_id"], out)
+    at = open_app(str(out), monkeypatch)
+    assert at.selectbox(key="_run_widget").value == fixture_store["run_id"]
+    for page in ("runs", "tokens", "experts", "locality", "localization", "sql"):
+        goto(at, page)
+    goto(at, "runs")
+    table = at.dataframe[0].value
+    assert int(table["tokens"][0]) == fixture_store["tokens"]
