@@ -99,7 +99,9 @@ def write_figure(fig: go.Figure, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".html", ".htm"):
-        fig.write_html(path, include_plotlyjs="cdn")
+        from routescope.analysis.figures_experts import write_html
+
+        write_html([fig], path)  # self-contained: opens offline
     elif suffix == ".png":
         try:
             import kaleido  # noqa: F401
