@@ -33,7 +33,7 @@ class TrainSettings:
     """Everything that determines the trained model (recorded in the model card)."""
 
     seed: int = 20260101
-    steps: int = 600
+    steps: int = 2400
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3
