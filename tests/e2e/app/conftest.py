@@ -18,56 +18,6 @@ import pytest
 APP_DIR = Path(__file__).resolve().parents[3] / "app"
 MAIN = APP_DIR / "main.py"
 
-VOCAB, PAD, BOS, EOS = 96, 0, 1, 2
-WORDS = [
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "sat",
-    "ran",
-    "on",
-    "under",
-    "mat",
-    "rug",
-    "big",
-    "small",
-    "red",
-    "blue",
-    "green",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "def",
-    "return",
-    "if",
-    "else",
-    "for",
-    "in",
-    "print",
-    "x",
-    "y",
-    "z",
-    "=",
-    "(",
-    ")",
-    ":",
-    "+",
-    "-",
-    "*",
-    "0",
-    "1",
-    "2",
-    "3",
-    "der",
-    "die",
-    "das",
-    "und",
-    "ist",
-    "ein",
-]
 PROSE = [
     "the cat sat on the mat",
     "a big dog ran under the red rug",
@@ -87,44 +37,11 @@ CODE = [
 def _tiny_lm(root: Path):
     """A tiny random OLMoE (3 layers, 8 experts, top-2) and a tokenizer whose ids fit it, saved
     under root/tiny-olmoe so the app can load it by path (the Steering playground does)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from tiny_models import build_tiny_olmoe, make_tokenizer
 
     from routescope.models import LoadedModel
 
-    cfg = AutoConfig.for_model(
-        "olmoe",
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        num_experts=8,
-        num_experts_per_tok=2,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # spread the router scores so routing differs between tokens
-        for name, param in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                param.normal_(0.0, 1.0)
-    vocab = {"[PAD]": PAD, "[BOS]": BOS, "[EOS]": EOS, "[UNK]": 3}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A", special_tokens=[("[BOS]", BOS)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]"
-    )
+    model, tok = build_tiny_olmoe(seed=0), make_tokenizer()
     path = root / "tiny-olmoe"
     model.save_pretrained(path)
     tok.save_pretrained(path)
