@@ -29,11 +29,11 @@ _VAR_RE = re.compile(r"getvariable\(\s*'(\w+)'\s*\)", re.I)
 _NAME_RE = re.compile(r"[A-Za-z_][\w-]*")
 _PARAM_NAME_RE = re.compile(r"[A-Za-z_]\w*")
 _INT_RE = re.compile(r"-?(0|[1-9]\d*)")
-_PIVOT_RE = re.compile(r"\s*(UN)?PIVOT\b", re.I)
 _FLOAT_RE = re.compile(r"-?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)")
 
-#: Statement types that only read (a read-only DuckDB file refuses the rest anyway; a Parquet
-#: dataset lives in memory, so this check is what keeps a query from pretending to write there).
+#: Statement types that only read. Anything else is refused up front with a clear message, except a
+#: MULTI statement (DuckDB's form of a dynamic PIVOT: a values query, then the select), whose parts
+#: the Python API does not expose: it runs, and DuckDB's own read-only mode is what refuses a write.
 READ_STATEMENTS = frozenset(
     {
         duckdb.StatementType.SELECT,
@@ -42,7 +42,6 @@ READ_STATEMENTS = frozenset(
         duckdb.StatementType.SET,
         duckdb.StatementType.VARIABLE_SET,
         duckdb.StatementType.CALL,
-        duckdb.StatementType.TRANSACTION,
     }
 )
 
@@ -208,9 +207,12 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _is_pivot(statement: duckdb.Statement) -> bool:
-    """A dynamic PIVOT parses as a MULTI statement (values first, then the select) yet only reads."""
-    return statement.type == duckdb.StatementType.MULTI and bool(_PIVOT_RE.match(statement.query))
+def connection_is_read_only(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether DuckDB itself refuses writes to the connection's current database."""
+    rows = con.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 def _first_line(msg: str) -> str:
@@ -271,7 +273,10 @@ def run_query(
     """Run `query` on `con` with `params` set as DuckDB variables; the last statement's rows.
 
     The query's variables not given in `params` are reset, so its defaults apply. Without
-    `allow_write`, statements other than reads are refused before anything runs.
+    `allow_write`, statements other than reads are refused before anything runs, and what the
+    statement types cannot tell (a dynamic PIVOT is one MULTI statement) is left to DuckDB: on a
+    read-only connection it refuses writes itself; on a writable one the query runs inside a
+    transaction that is rolled back, so nothing it does persists.
     """
     params = dict(params or {})
     unknown = sorted(set(params) - set(query.params))
@@ -286,12 +291,16 @@ def run_query(
         raise QueryError(f"query {query.name}: {_first_line(str(exc))}") from None
     if not statements:
         raise QueryError(f"query {query.name} holds no SQL statement")
+    guard = False  # roll back whatever a read-only query did on a writable connection
     if not allow_write:
         for st in statements:
-            if st.type not in READ_STATEMENTS and not _is_pivot(st):
+            if st.type not in READ_STATEMENTS and st.type != duckdb.StatementType.MULTI:
                 raise _refuse(query, f"{st.type.name} statement")
+        guard = not connection_is_read_only(con)
     params = _resolve_runs(con, query, params)
     try:
+        if guard:
+            con.execute("BEGIN TRANSACTION")
         for name in query.params:
             if name in params:
                 con.execute(f"SET VARIABLE {name} = ?", [params[name]])
@@ -303,6 +312,9 @@ def run_query(
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as exc:
         msg = _first_line(str(exc))
-        if "read-only mode" in msg:
+        if "read-only" in msg:
             raise _refuse(query, msg) from None
         raise QueryError(f"query {query.name} failed: {msg}") from None
+    finally:
+        if guard:
+            con.execute("ROLLBACK")

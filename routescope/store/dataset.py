@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,13 +121,29 @@ def _parquet_source(root: Path, table: str) -> str | None:
 
 
 def _connect_parquet(root: Path) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB whose schema tables are typed views over the Parquet files under `root`.
+    """A read-only DuckDB connection whose schema tables are typed views over `root`'s Parquet files.
 
-    Tables with no files under root stay as empty tables of the schema, so every query still binds.
-    Hive partition columns arrive as strings and are cast to the schema's types, as are file
-    columns (JSON stored as text, for instance); extra columns in the files pass through.
+    The views are written to a throwaway catalog file that is then opened read-only, so DuckDB
+    itself refuses writes, exactly as on a read-only store file (a query cannot pretend to change
+    an export). Tables with no files under root stay as empty tables of the schema, so every
+    query still binds. Hive partition columns arrive as strings and are cast to the schema's types,
+    as are file columns (JSON stored as text, for instance); extra columns in the files pass through.
     """
-    con = duckdb.connect(":memory:")
+    tmp = Path(tempfile.mkdtemp(prefix="routescope-parquet-"))
+    catalog = tmp / "views.duckdb"
+    try:
+        con = duckdb.connect(str(catalog))
+        try:
+            _create_parquet_views(con, root)
+        finally:
+            con.close()
+        return duckdb.connect(str(catalog), read_only=True)
+    finally:  # the open connection holds the catalog in memory: the file is no longer needed
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _create_parquet_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Create the schema's tables on `con` as views over the Parquet files under `root`."""
     con.execute(_VIEW_RE.sub("", DDL))
     found = 0
     try:
@@ -150,16 +168,13 @@ def _connect_parquet(root: Path) -> duckdb.DuckDBPyConnection:
             con.execute(f"DROP TABLE {table}")
             con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(select)} FROM {scan}")
     except duckdb.Error as exc:
-        con.close()
         raise StoreError(
             f"cannot read the Parquet export {root}: {_first_line(str(exc))}"
         ) from None
     if found == 0:
-        con.close()
         raise StoreError(
             f"{root} is a directory but not a routescope Parquet export (no runs/, routes/, … "
             "subdirectories with .parquet files); create one with `routescope export RUN --parquet DIR`"
         )
     for view in _VIEW_RE.findall(DDL):
         con.execute(view)
-    return con

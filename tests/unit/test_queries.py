@@ -708,3 +708,71 @@ def test_run_names_resolve_and_unknown_runs_are_errors(con):
     assert_rows(run(con, "repetition", run_id="base run"), ref_repetition("base"))
     with pytest.raises(QueryError, match="no run 'nope' \\(run_id\\); newest runs: probe, steer"):
         run(con, "repetition", run_id="nope")
+
+
+@pytest.mark.parametrize("kind", ["file", "parquet"])
+def test_every_named_query_runs_through_the_cli_read_only(store_paths, kind, monkeypatch, capsys):
+    """`routescope sql NAME --format json` on a read-only store: exit 0, the same rows as
+    `run_query`, and the store's file unchanged (the read-only path, whatever the query's text)."""
+    import json
+    import sys
+
+    from routescope.cli import main
+
+    path = store_paths[kind]
+    before = path.read_bytes() if path.is_file() else None
+    nonempty = 0
+    for q in list_queries():
+        monkeypatch.setattr(
+            sys, "argv", ["routescope", "sql", q.name, "--db", str(path), "-f", "json"]
+        )
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        assert code == 0, (q.name, err)
+        assert "would write" not in err
+        c = connect_store(path)
+        try:
+            expected = run_query(c, q).to_pylist()
+        finally:
+            c.close()
+        assert len(json.loads(out)) == len(expected), q.name
+        nonempty += bool(expected)
+    assert nonempty >= 8  # the defaults (newest run) find rows for most queries
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_pivot_behind_comments_is_read_only(con):
+    """A dynamic PIVOT (one MULTI statement) preceded by comments runs read-only (duckdb 2.0.1
+    keeps leading comments in a statement's text, which once defeated a text check)."""
+    q = query_from_sql(
+        "-- a comment\n-- another\nPIVOT (SELECT layer, seq_id FROM routes) ON layer USING count(*)"
+    )
+    assert run_query(con, q).num_rows > 0
+
+
+def test_a_read_only_query_on_a_writable_connection_changes_nothing(tmp_path):
+    """Without allow_write, a writable connection runs the query in a transaction rolled back."""
+    db = tmp_path / "w.duckdb"
+    c = duckdb.connect(str(db))
+    c.execute("CREATE TABLE t AS SELECT range % 3 AS a, range AS b FROM range(9)")
+    got = run_query(c, query_from_sql("-- pivot\nPIVOT t ON a USING sum(b)")).to_pylist()
+    assert got == [{"0": 9, "1": 12, "2": 15}]
+    with pytest.raises(WriteRefusedError):
+        run_query(c, query_from_sql("INSERT INTO t VALUES (1, 1)"))
+    assert c.execute("SELECT count(*) FROM t").fetchall() == [(9,)]
+    c.close()
+
+
+def test_parquet_store_is_read_only_to_duckdb(store_paths):
+    """The Parquet export's views sit in a read-only catalog: DuckDB itself refuses writes."""
+    c = connect_store(store_paths["parquet"])
+    try:
+        with pytest.raises(duckdb.Error, match="read-only"):
+            c.execute("CREATE TABLE x (a INT)")
+    finally:
+        c.close()
