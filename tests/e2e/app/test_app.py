@@ -452,15 +452,36 @@ def test_pages_render_while_a_writer_holds_and_releases_the_lock(store_copy, tmp
     assert sql(db, "SELECT value FROM meta WHERE key = 'writer_tick'")
 
 
-def test_cli_builds_the_streamlit_command():
-    from routescope.cli.dashboard import APP_MAIN, streamlit_command
+def test_cli_builds_the_streamlit_command(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
 
-    assert APP_MAIN == MAIN and Path(APP_MAIN).is_file()
-    cmd = streamlit_command("/x/y.duckdb", 9999, True, "127.0.0.1")
+    from routescope.cli import dashboard
+    from routescope.cli._app import app
+
+    assert dashboard.APP_MAIN == MAIN and Path(dashboard.APP_MAIN).is_file()
+    cmd = dashboard.streamlit_command("/x/y.duckdb", 9999, "127.0.0.1")
     assert cmd[1:5] == ["-m", "streamlit", "run", str(MAIN)]
     assert cmd[cmd.index("--server.port") + 1] == "9999"
-    assert cmd[cmd.index("--server.headless") + 1] == "true"
+    assert cmd[cmd.index("--server.headless") + 1] == "true"  # never the first-run e-mail prompt
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
     assert cmd[-2:] == ["--db", "/x/y.duckdb"]
+    cmd = dashboard.streamlit_command("/x/y.duckdb", 9999, "0.0.0.0", usage_stats=True)
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "true"
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+
+    # the command line `routescope app` execs into (without --open): always headless; the old
+    # --headless is still accepted; --usage-stats is the only way to send statistics
+    execs: list[tuple[list[str], dict]] = []
+    monkeypatch.setattr(dashboard.os, "execve", lambda exe, argv, env: execs.append((argv, env)))
+    db = tmp_path / "s.duckdb"
+    for args, stats in ([], "false"), (["--headless"], "false"), (["--usage-stats"], "true"):
+        result = CliRunner().invoke(app, ["app", "--db", str(db), "--port", "8601", *args])
+        assert result.exit_code == 0, result.output
+        argv, env = execs.pop()
+        assert argv[argv.index("--server.headless") + 1] == "true"
+        assert argv[argv.index("--browser.gatherUsageStats") + 1] == stats
+        assert argv[argv.index("--server.port") + 1] == "8601"
+        assert argv[-1] == env["ROUTESCOPE_DB"] == str(db.resolve())
 
 
 def test_steered_collection_starts_from_the_app(store_copy, tmp_path, monkeypatch):

@@ -117,7 +117,7 @@ def served_app(store_copy, tmp_path):
     log = (tmp_path / "streamlit.log").open("w")
     env = {**os.environ, "ROUTESCOPE_DB": db}
     proc = subprocess.Popen(
-        streamlit_command(db, port, True, "127.0.0.1"),
+        streamlit_command(db, port, "127.0.0.1"),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
