@@ -8,6 +8,11 @@ traced forward per step; every generated token is fed back through the model, so
 routing recorded (phase 1). A sequence stops after it emits EOS. All recorded tensors stay on the
 device until the batch is done and are moved to the host once per batch.
 
+The KV cache goes in and comes out under the name the model's forward uses (``cache`` from
+transformers 5.24, ``past_key_values`` before; see ``routescope.models.compat``), so no deprecation
+shim (and its per-step FutureWarning) is involved; a cache the model did not update in place, i.e.
+a keyword it silently ignored, is an error rather than wrong routing.
+
 ``steering`` (optional) is a ``RouterEdit``: called inside the trace for every MoE layer with the
 router's output; if it returns new ``(weights, indices)`` the model uses them, and the recorded
 routing is the edited one.
@@ -21,7 +26,8 @@ import numpy as np
 import torch
 
 from routescope.collect.records import BatchRouting
-from routescope.errors import InvalidParameterError
+from routescope.errors import InvalidParameterError, RoutescopeError
+from routescope.models.compat import cache_kwarg, output_cache
 from routescope.models.loading import LoadedModel
 
 __all__ = ["GENERATION_OPTIONS", "RouterEdit", "collect_batch"]
@@ -130,8 +136,12 @@ def _traced_forward(
     cache: Any,
     use_cache: bool,
     steering: RouterEdit | None,
+    cache_name: str,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
-    """One traced forward; returns each MoE layer's router output and the model output."""
+    """One traced forward; returns each MoE layer's router output and the model output.
+
+    ``cache`` (if not None) is passed as keyword ``cache_name`` (see ``compat.cache_kwarg``).
+    """
     wrapper = lm.nnsight
     adapter = lm.adapter
     envoys = lm.router_envoys
@@ -145,7 +155,7 @@ def _traced_forward(
         "logits_to_keep": 1,
     }
     if cache is not None:
-        kwargs["past_key_values"] = cache
+        kwargs[cache_name] = cache
     with wrapper.trace(**kwargs):
         for layer, envoy in zip(layers, envoys, strict=True):
             out = envoy.output
@@ -158,6 +168,25 @@ def _traced_forward(
             captured.append(routing)
         model_out = wrapper.output.save()
     return captured, model_out
+
+
+def _returned_cache(out: Any, passed: Any, cache_name: str, lm: LoadedModel) -> Any:
+    """The KV cache in ``out``; if ``passed`` is not None the model must have updated that very
+    object (transformers caches are updated in place), else it ignored keyword ``cache_name``."""
+    cache = output_cache(out)
+    if cache is None:
+        raise RoutescopeError(
+            f"{lm.model_id}: the forward returned no KV cache although use_cache=True; "
+            "routescope cannot decode with this model"
+        )
+    if passed is not None and cache is not passed:
+        import transformers
+
+        raise RoutescopeError(
+            f"{lm.model_id}: the forward did not use the KV cache passed as {cache_name}= "
+            f"(transformers {transformers.__version__}); routescope cannot decode with this model"
+        )
+    return cache
 
 
 def _stack_step(
@@ -219,7 +248,10 @@ def collect_batch(
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
 
     generating = max_new_tokens > 0
-    captured, out = _traced_forward(lm, ids, mask, positions, None, generating, steering)
+    cache_name = cache_kwarg(lm.model)
+    captured, out = _traced_forward(
+        lm, ids, mask, positions, None, generating, steering, cache_name
+    )
     experts_parts, weights_parts, probs_parts = [], [], []
     e, w, p = _stack_step(lm, captured, batch, save_probs)
     experts_parts.append(e)
@@ -235,7 +267,7 @@ def collect_batch(
         eos = torch.tensor(opts["eos_token_id"], dtype=torch.long, device=device)
         alive = torch.ones(batch, dtype=torch.bool, device=device)
         last_pos = positions[:, -1:]
-        cache = out.past_key_values
+        cache = _returned_cache(out, None, cache_name, lm)
         for _ in range(max_new_tokens):
             nxt = _next_tokens(out.logits[:, -1, :], opts, generator)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
@@ -243,8 +275,10 @@ def collect_batch(
             record_parts.append(alive[:, None].clone())
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], 1)
             last_pos = last_pos + 1
-            captured, out = _traced_forward(lm, nxt[:, None], mask, last_pos, cache, True, steering)
-            cache = out.past_key_values
+            captured, out = _traced_forward(
+                lm, nxt[:, None], mask, last_pos, cache, True, steering, cache_name
+            )
+            cache = _returned_cache(out, cache, cache_name, lm)
             e, w, p = _stack_step(lm, captured, batch, save_probs)
             experts_parts.append(e)
             weights_parts.append(w)

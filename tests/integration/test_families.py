@@ -7,16 +7,22 @@ adapters; its top-k pairs are put in rank order by the family's selection score 
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from routescope.collect.engine import collect_batch
-from routescope.errors import InvalidParameterError, UnsupportedModelError
+from routescope.errors import InvalidParameterError, RoutescopeError, UnsupportedModelError
 from routescope.models import SUPPORTED_FAMILIES, LoadedModel, ModelLoadError, load_model
+from routescope.models.compat import cache_kwarg, output_cache
 
 # ---- tiny models of every family ---------------------------------------------------------
 
@@ -332,11 +338,19 @@ def test_prefill_matches_independent_capture(tiny, which: list[int]) -> None:
         np.testing.assert_array_equal(rec.token_ids[rec.sequence(b)], seq)
 
 
-def test_generation_matches_forward_over_generated_sequence(tiny) -> None:
+@pytest.mark.filterwarnings("error::FutureWarning")  # e.g. transformers' cache-keyword rename
+@pytest.mark.parametrize(
+    "which", [[0], [1], [0, 1, 2]], ids=["batch1-long", "batch1-short", "batch3-mixed-lengths"]
+)
+def test_generation_matches_forward_over_generated_sequence(tiny, which: list[int]) -> None:
+    """Decode routing (KV cache, one traced step per token) equals a plain forward of the whole
+    generated sequence, alone (batch of 1: no padding) and in a left-padded batch."""
     family, model, lm = tiny
     new = 3
-    rec = collect_batch(lm, PROMPTS, max_new_tokens=new, generation={"eos_token_id": []})
-    for b, prompt in enumerate(PROMPTS):
+    prompts = [PROMPTS[i] for i in which]
+    rec = collect_batch(lm, prompts, max_new_tokens=new, generation={"eos_token_id": []})
+    assert len(rec.seq_offsets) == len(prompts) + 1
+    for b, prompt in enumerate(prompts):
         rows = rec.sequence(b)
         tokens = rec.token_ids[rows].tolist()
         assert tokens[: len(prompt)] == prompt
@@ -564,3 +578,107 @@ def test_error_inside_router_edit_propagates_and_engine_recovers() -> None:
         collect_batch(lm, PROMPTS, steering=bad_edit)
     rec = collect_batch(lm, PROMPTS[:1])
     check_rows_match(rec, 0, reference_capture(model, "olmoe", PROMPTS[0]), len(PROMPTS[0]))
+
+
+# ---- the KV-cache keyword (transformers 5.24 renamed past_key_values -> cache) ----------------
+
+#: the name every family uses in the installed transformers (5.23 and earlier: past_key_values)
+INSTALLED_CACHE_NAME = (
+    "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
+)
+
+
+def test_cache_keyword_and_output_field_follow_the_model(tiny) -> None:
+    """The cache keyword is read from the forward's signature and the cache from the output field
+    the model filled; passed under that name, the very same cache object is used and returned,
+    with no FutureWarning (5.24 warns on every forward given ``past_key_values``)."""
+    from transformers.cache_utils import Cache
+
+    family, model, lm = tiny
+    name = cache_kwarg(model)
+    assert name == INSTALLED_CACHE_NAME
+    assert name in inspect.signature(model.forward).parameters
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = model(torch.tensor([PROMPTS[1]]), use_cache=True)
+        cache = output_cache(out)
+        assert isinstance(cache, Cache)
+        step = model(torch.tensor([[5]]), use_cache=True, **{name: cache})
+    assert output_cache(step) is cache
+    # the step continued the cached prompt: same logits as the whole sequence at once
+    with torch.no_grad():
+        full = model(torch.tensor([[*PROMPTS[1], 5]])).logits[0, -1]
+    torch.testing.assert_close(step.logits[0, -1], full, rtol=1e-4, atol=1e-5)
+
+
+def _rename_shim(fn: Any) -> Any:
+    """What transformers' ``deprecate_kwarg`` leaves: a ``(*args, **kwargs)`` wrapper made with
+    ``functools.wraps`` (so ``__wrapped__`` points at the real forward)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def test_cache_kwarg_reads_through_wrappers_and_falls_back_to_the_installed_version() -> None:
+    class New(torch.nn.Module):
+        @_rename_shim
+        @_rename_shim
+        def forward(self, input_ids: Any = None, cache: Any = None, **kwargs: Any) -> None:
+            return None
+
+    class Old(torch.nn.Module):
+        def forward(
+            self, input_ids: Any = None, past_key_values: Any = None, **kwargs: Any
+        ) -> None:
+            return None
+
+    class Opaque(torch.nn.Module):
+        def forward(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    assert inspect.signature(New().forward, follow_wrapped=False).parameters.keys() == {
+        "args",
+        "kwargs",
+    }
+    assert cache_kwarg(New()) == "cache"
+    assert cache_kwarg(Old()) == "past_key_values"
+    assert cache_kwarg(Opaque()) == INSTALLED_CACHE_NAME
+
+
+def test_output_cache_reads_the_declared_field_not_the_compat_property() -> None:
+    @dataclass
+    class OldOutput:
+        logits: Any = None
+        past_key_values: Any = None
+
+    @dataclass
+    class NewOutput:
+        logits: Any = None
+        cache: Any = None
+
+        @property
+        def past_key_values(self) -> Any:  # like 5.24's ModelOutput: logs a deprecation
+            raise AssertionError("the backward-compatibility property was read")
+
+    marker = object()
+    assert output_cache(OldOutput(past_key_values=marker)) is marker
+    assert output_cache(NewOutput(cache=marker)) is marker
+    assert output_cache(NewOutput()) is None
+    with pytest.raises(TypeError, match="no KV cache field"):
+        output_cache((torch.zeros(1), marker))
+
+
+def test_a_cache_keyword_the_model_ignores_is_an_error(monkeypatch) -> None:
+    """transformers 5.23 silently swallows ``cache=`` in ``**kwargs`` and starts a new cache: the
+    engine must refuse rather than record routing computed without the prompt's context."""
+    import routescope.collect.engine as engine
+
+    lm = LoadedModel.from_model(build_tiny("olmoe"))
+    monkeypatch.setattr(engine, "cache_kwarg", lambda model: "kv_cache_nobody_takes")
+    with pytest.raises(RoutescopeError, match="did not use the KV cache passed as kv_cache_"):
+        collect_batch(lm, PROMPTS[:1], max_new_tokens=2)
+    rec = collect_batch(lm, PROMPTS[:1])  # prefill needs no cache
+    check_rows_match(rec, 0, reference_capture(lm.model, "olmoe", PROMPTS[0]), len(PROMPTS[0]))
