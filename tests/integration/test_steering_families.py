@@ -203,3 +203,45 @@ def test_steered_collection_job_records_the_edit(tmp_path) -> None:
         hit, total = count(run, 2, 6)
         assert hit == total > 0
     con.close()
+
+
+def test_installed_unit_scale_is_bit_identical(lm: LoadedModel, base) -> None:
+    """scale x1.0 on every MoE layer's busiest expert installs the hooks (unlike an empty spec) and
+    still changes nothing, bit for bit: logits of a plain forward, and the engine's routing and
+    greedy continuation."""
+    layers, num_e = lm.moe_layers, lm.num_experts
+    busiest = [int(_usage(base.experts, li, num_e).argmax()) for li in range(len(layers))]
+    spec = SteeringSpec.from_edits(
+        [(layer, e, "scale", 1.0) for layer, e in zip(layers, busiest, strict=True)]
+    )
+    ids = torch.tensor([PROMPTS[0]])
+    calls: list[int] = []
+
+    class Counting(SpecEdit):
+        """The same edit, counting the layers it is called on (proof the hooks ran)."""
+
+        def __call__(self, lm, layer, logits, weights, indices):  # noqa: ANN001, ANN204
+            calls.append(layer)
+            return super().__call__(lm, layer, logits, weights, indices)
+
+    with torch.no_grad():
+        plain = lm.model(ids).logits
+        with steered(lm, Counting(lm, spec)) as edit:
+            assert edit is not None
+            hooked = lm.model(ids).logits
+    assert calls == layers  # every MoE layer went through the installed edit
+    assert torch.equal(plain, hooked)
+    # control: the same hooks with another factor do reach the logits, so the equality above is
+    # not vacuous
+    halved = SteeringSpec.from_edits(
+        [(layer, e, "scale", 0.5) for layer, e in zip(layers, busiest, strict=True)]
+    )
+    with torch.no_grad(), steered(lm, halved):
+        assert not torch.equal(plain, lm.model(ids).logits)
+    free = collect_batch(lm, PROMPTS, max_new_tokens=3, generation={"eos_token_id": []})
+    edited = collect_batch(
+        lm, PROMPTS, max_new_tokens=3, steering=SpecEdit(lm, spec), generation={"eos_token_id": []}
+    )
+    assert np.array_equal(edited.token_ids, free.token_ids)
+    assert np.array_equal(edited.experts, free.experts)
+    assert np.array_equal(edited.weights, free.weights)
