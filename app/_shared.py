@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import polars as pl
 import streamlit as st
 
-from routescope.errors import RoutescopeError
-from routescope.store.trace import Trace
+from routescope.core.errors import RoutescopeError
+from routescope.core.trace import Trace
 
 DB_ENV = "ROUTESCOPE_DB"
 DEFAULT_DB = "routescope.duckdb"

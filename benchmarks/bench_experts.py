@@ -23,7 +23,7 @@ import numpy as np
 
 from routescope.analysis import localization as lo
 from routescope.analysis import specialization as sp
-from routescope.store.trace import Trace
+from routescope.core.trace import Trace
 
 PLANTED = ((3, 11), (9, 42), (14, 7))
 

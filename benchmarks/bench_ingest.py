@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from routescope.collect.records import BatchRouting
+from routescope.core.records import BatchRouting
 from routescope.store.parquet import export_parquet, load_trace_parquet
 from routescope.store.store import RoutingStore
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from routescope.analysis.cache import belady_hit_rates, lru_hit_rates
 from routescope.analysis.consistency import srp
-from routescope.store.trace import Trace
+from routescope.core.trace import Trace
 
 E, K, LAYERS, SEQ_LEN = 64, 8, 16, 1000
 SEGMENTS = (4, 16, 64, 256)

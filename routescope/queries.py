@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 
 #: The queries shipped with routescope (queries/ at the top of the repository).
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "queries"

@@ -15,7 +15,7 @@ import _shared as sh
 import polars as pl
 import streamlit as st
 
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 from routescope.steering.spec import Edit, SteeringSpec
 
 NEW = "(new preset)"
@@ -40,7 +40,7 @@ def _expert_changes(lm: Any, spec: SteeringSpec, text: str) -> pl.DataFrame:
     from routescope.analysis.specialization import expert_load
     from routescope.collect.engine import collect_batch
     from routescope.steering.interventions import as_router_edit
-    from routescope.store.trace import Trace
+    from routescope.core.trace import Trace
 
     ids = [int(x) for x in lm.tokenizer(text)["input_ids"]]
     loads = []

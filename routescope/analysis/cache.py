@@ -42,8 +42,8 @@ import numpy as np
 import polars as pl
 
 from routescope.analysis import _kernels as K
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import PHASES, Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import PHASES, Trace
 
 DEFAULT_POLICIES = ("lru", "lfu", "fifo", "static", "lookahead-16", "belady", "belady-bypass")
 SERVICES = {"stream": K.STREAM, "token": K.TOKEN, "simultaneous": K.SIMULTANEOUS}

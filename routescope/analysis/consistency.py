@@ -16,8 +16,8 @@ import polars as pl
 
 from routescope.analysis import _kernels as K
 from routescope.analysis.cache import _chunks, cache_hit_rates, check_capacities
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import Trace
 
 SCH_KINDS = ("segment-oracle", "lookahead")
 

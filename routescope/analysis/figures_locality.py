@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from routescope.errors import InvalidParameterError
+from routescope.core.errors import InvalidParameterError
 
 
 def srp_figure(srp_df: pl.DataFrame, title: str = "Segment Routing best Performance") -> go.Figure:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import Trace
 
 _BLOCK = 250  # resamples per matrix product (bounds memory at [250, S] and [250, L·E])
 

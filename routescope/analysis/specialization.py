@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import Trace
 
 _CHUNK = 65_536  # token rows per block (bounds the k² pair keys per token)
 

@@ -17,7 +17,7 @@ from routescope.cli import (  # noqa: F401  (imported for their command registra
     steer,
 )
 from routescope.cli._app import app
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 
 
 def _is_usage_error(exc: BaseException) -> bool:

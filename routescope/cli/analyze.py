@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from routescope.cli._app import DEFAULT_DB, analyze_app
-from routescope.errors import InvalidParameterError
+from routescope.core.errors import InvalidParameterError
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 
 #: app/ sits at the top of the repository, beside the package (an editable install's checkout).
 APP_DIR = Path(__file__).resolve().parents[2] / "app"

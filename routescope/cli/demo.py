@@ -14,7 +14,7 @@ def demo_jobs(db: str, batch_size: int = 16, split: str | None = None) -> list:
     """The two demo jobs: the five domains (prefill) and the behaviour pairs (with 8 generated
     tokens each, so decode routing is there too)."""
     from routescope.collect.jobs import JobSpec, PromptSetSpec
-    from routescope.errors import RoutescopeError
+    from routescope.core.errors import RoutescopeError
     from routescope.models.demo import DEMO_DOMAINS, DEMO_PROMPTS_DIR
 
     if not DEMO_PROMPTS_DIR.is_dir():
@@ -72,7 +72,7 @@ def demo(
     from routescope.store.store import RoutingStore
 
     console = Console()
-    from routescope.errors import InvalidParameterError
+    from routescope.core.errors import InvalidParameterError
 
     if split not in ("all", "train", "heldout"):
         raise InvalidParameterError(f"--split {split!r}: use all, train or heldout")

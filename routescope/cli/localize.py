@@ -58,7 +58,7 @@ def specialization_cmd(
     from rich.console import Console
 
     from routescope.analysis import specialization as sp
-    from routescope.errors import InvalidParameterError
+    from routescope.core.errors import InvalidParameterError
     from routescope.store import RoutingStore
 
     err = Console(stderr=True, quiet=quiet or as_json)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 
 
 class OutputFormat(StrEnum):

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
-from routescope.errors import InvalidParameterError
+from routescope.core.errors import InvalidParameterError
 
 presets_app = typer.Typer(
     help="Named steering presets stored in the database.", no_args_is_help=True

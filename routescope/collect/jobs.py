@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 
 DEMO_MODEL = "demo"
 DTYPES = ("float32", "bfloat16", "float16", "auto")

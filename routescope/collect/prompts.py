@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from routescope.errors import PromptFileError
+from routescope.core.errors import PromptFileError
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".txt": "txt"}
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from routescope.collect.jobs import DEMO_MODEL, JobSpec, JobSpecError
 from routescope.collect.prompts import Prompt, TokenizedPrompt, read_prompt_set, tokenize_prompts
-from routescope.collect.records import BatchRouting
-from routescope.errors import RoutescopeError
+from routescope.core.records import BatchRouting
+from routescope.core.errors import RoutescopeError
 
 CollectFn = Callable[..., BatchRouting]
 

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 
 #: Tables that hold a run's routing (merged by run) and small tables unioned as they are.
 RUN_TABLES = ("sequences", "tokens", "routes", "router_probs")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from routescope.errors import InvalidParameterError
+from routescope.core.errors import InvalidParameterError
 
 PHASES = ("prefill", "decode")
 PREFILL, DECODE = 0, 1

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from routescope.errors import RoutescopeError, UnsupportedModelError
+from routescope.core.errors import RoutescopeError, UnsupportedModelError
 from routescope.models.adapters import SUPPORTED_FAMILIES, MoEAdapter, adapter_for
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import polars as pl
 import torch
 
 from routescope.collect.prompts import Prompt, tokenize_prompts
-from routescope.errors import InvalidParameterError
+from routescope.core.errors import InvalidParameterError
 from routescope.models.loading import LoadedModel
 from routescope.steering.interventions import model_shape, steered
 from routescope.steering.spec import Edit, SteeringSpec, SteeringSpecError

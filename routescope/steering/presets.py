@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 from routescope.steering.spec import ModelShape, SteeringSpec
 
 __all__ = [

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from routescope.errors import InvalidParameterError
+from routescope.core.errors import InvalidParameterError
 
 ACTIONS = ("deactivate", "activate", "scale")
 MODES = ("reroute", "drop")

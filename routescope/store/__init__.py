@@ -1,6 +1,6 @@
 """The routing store: DuckDB schema, writer, readers (`Trace`), Parquet export."""
 
-from routescope.store.trace import Trace
+from routescope.core.trace import Trace
 
 __all__ = ["DEFAULT_DB", "RoutingStore", "Trace", "export_parquet", "load_trace_parquet"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from routescope.errors import StoreError
+from routescope.core.errors import StoreError
 from routescope.store.schema import DDL
 
 #: How long a reader keeps retrying a locked DuckDB file before giving up, in seconds.

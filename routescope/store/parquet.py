@@ -14,9 +14,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from routescope.errors import StoreError
+from routescope.core.errors import StoreError
 from routescope.store.store import RoutingStore
-from routescope.store.trace import Trace
+from routescope.core.trace import Trace
 
 #: table → hive partition columns.
 PARTITIONS: dict[str, tuple[str, ...]] = {

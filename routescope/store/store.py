@@ -23,10 +23,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from routescope.collect.records import BatchRouting
-from routescope.errors import InvalidParameterError, StoreError
+from routescope.core.records import BatchRouting
+from routescope.core.errors import InvalidParameterError, StoreError
 from routescope.store.schema import DDL, SCHEMA_VERSION
-from routescope.store.trace import PHASES, Trace
+from routescope.core.trace import PHASES, Trace
 
 DEFAULT_DB = "routescope.duckdb"
 

@@ -20,7 +20,7 @@ import transformers
 from packaging.version import Version
 
 from routescope.collect.engine import collect_batch
-from routescope.errors import InvalidParameterError, RoutescopeError, UnsupportedModelError
+from routescope.core.errors import InvalidParameterError, RoutescopeError, UnsupportedModelError
 from routescope.models import SUPPORTED_FAMILIES, LoadedModel, ModelLoadError, load_model
 from routescope.models.compat import cache_kwarg, output_cache
 

@@ -15,7 +15,7 @@ from routescope.cli import app
 from routescope.collect.jobs import job_from_options
 from routescope.collect.runner import CollectionInterrupted, run_job
 from routescope.collect.scaleout import ParquetPartsStore, ScaleOutError, Shard, merge_stores
-from routescope.errors import StoreError
+from routescope.core.errors import StoreError
 from routescope.store.dataset import connect_store
 from routescope.store.store import RoutingStore
 

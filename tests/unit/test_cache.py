@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from routescope.analysis.cache import belady_hit_rates, cache_hit_rates, lru_hit_rates
 from routescope.analysis.consistency import sch
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import Trace
 
 INF = float("inf")
 ALL_POLICIES = ["lru", "lfu", "fifo", "static", "lookahead-2", "belady", "belady-bypass"]

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from routescope.analysis.consistency import repetition_rates, sch, shuffled, srp
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import Trace
 
 
 def one_seq(rows: list[list[int]], E: int) -> Trace:
@@ -189,7 +189,7 @@ def test_srp_and_oracle_match_brute_force(tr, L):
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     """A store with one run: 3 sequences (one with decode tokens), 2 MoE layers, E=4, k=2."""
-    from routescope.collect.records import BatchRouting
+    from routescope.core.records import BatchRouting
     from routescope.store import RoutingStore
 
     rng = np.random.default_rng(5)

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from routescope.errors import StoreError
+from routescope.core.errors import StoreError
 from routescope.store.dataset import connect_store, schema_columns
 from routescope.store.parquet import export_parquet
 from routescope.store.schema import DDL

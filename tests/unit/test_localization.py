@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routescope.analysis import localization as lo
-from routescope.errors import InvalidParameterError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError
+from routescope.core.trace import Trace
 
 
 def hand_trace() -> Trace:
@@ -305,7 +305,7 @@ def test_steering_spec_filters() -> None:
 # ---- CLI --------------------------------------------------------------------------------------
 def write_db(path, trace: Trace, run_id: str) -> None:  # noqa: ANN001
     """Store a synthetic trace as a run, through the store's own writer."""
-    from routescope.collect.records import BatchRouting
+    from routescope.core.records import BatchRouting
     from routescope.store import RoutingStore
 
     with RoutingStore(str(path)) as store:

@@ -8,7 +8,7 @@ from test_store import filled  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from routescope.cli._app import app
-from routescope.errors import StoreError
+from routescope.core.errors import StoreError
 from routescope.store.parquet import export_parquet
 from routescope.store.store import RoutingStore
 

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from routescope.collect.prompts import read_prompt_set, tokenize_prompts  # noqa: E402
-from routescope.errors import PromptFileError  # noqa: E402
+from routescope.core.errors import PromptFileError  # noqa: E402
 
 WORDS = [
     "the",

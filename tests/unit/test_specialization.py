@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routescope.analysis import specialization as sp
-from routescope.errors import InvalidParameterError, RoutescopeError
-from routescope.store.trace import Trace
+from routescope.core.errors import InvalidParameterError, RoutescopeError
+from routescope.core.trace import Trace
 
 
 def tiny() -> Trace:

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from routescope.errors import InvalidParameterError  # noqa: E402
+from routescope.core.errors import InvalidParameterError  # noqa: E402
 from routescope.models import LoadedModel  # noqa: E402
 from routescope.steering import SteeringSpec, steered  # noqa: E402
 from routescope.steering.evaluate import (  # noqa: E402

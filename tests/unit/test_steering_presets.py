@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from routescope.errors import RoutescopeError
+from routescope.core.errors import RoutescopeError
 from routescope.steering.presets import (
     PresetError,
     create_preset,

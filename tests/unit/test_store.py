@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from routescope.collect.records import BatchRouting
-from routescope.errors import InvalidParameterError, StoreError
+from routescope.core.records import BatchRouting
+from routescope.core.errors import InvalidParameterError, StoreError
 from routescope.store import Trace
 from routescope.store.parquet import export_parquet, load_trace_parquet
 from routescope.store.store import RoutingStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from routescope.errors import UnsupportedModelError
+from routescope.core.errors import UnsupportedModelError
 from routescope.models.adapters.base import MoEAdapter
 from routescope.models.adapters.deepseek_v2 import DeepseekV2Adapter
 from routescope.models.adapters.deepseek_v3 import DeepseekV3Adapter

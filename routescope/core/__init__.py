@@ -1,0 +1,8 @@
+"""The bottom layer: types every other package shares, importing nothing else of routescope.
+
+- `errors`: the user-facing error classes (one clear line each);
+- `records`: `BatchRouting`, what the collection engine hands to a store writer;
+- `trace`: `Trace`, the in-memory routing arrays every analysis kernel takes;
+- `source`: `TraceSource`, a run read chunk by chunk (the store, a Parquet dataset, or a Trace);
+- `protocols`: `RunWriter`, the writing side of a store that the collection runner is typed against.
+"""
