@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from routescope.core.records import BatchRouting
 from routescope.core.errors import InvalidParameterError, RoutescopeError
+from routescope.core.records import BatchRouting
 from routescope.models.compat import cache_kwarg, output_cache
 from routescope.models.loading import LoadedModel
 

@@ -24,6 +24,7 @@ import polars as pl
 
 from routescope.collect.engine import collect_batch
 from routescope.collect.prompts import Prompt, read_prompt_set, tokenize_prompts
+from routescope.core.trace import Trace
 from routescope.models.loading import LoadedModel
 from routescope.steering.evaluate import (
     EvalSet,
@@ -33,7 +34,6 @@ from routescope.steering.evaluate import (
     side_by_side,
 )
 from routescope.steering.spec import SteeringSpec
-from routescope.store.trace import Trace
 
 __all__ = ["DomainResult", "ExperimentResult", "collect_trace", "run_experiment", "main"]
 
@@ -82,7 +82,9 @@ class DomainResult:
 
     @property
     def ratio(self) -> float:
-        return self.target_drop / self.random_drop if self.random_drop > 0 else float("inf")
+        """Target drop / random mean drop; NaN when the random experts cause no mean drop (no
+        meaningful ratio: a rise of the domain's own log-likelihood must not read as infinite)."""
+        return self.target_drop / self.random_drop if self.random_drop > 0 else float("nan")
 
     @property
     def max_other_drop(self) -> float:
@@ -90,7 +92,14 @@ class DomainResult:
 
     @property
     def passes(self) -> bool:
-        return self.ratio >= 2.0 and self.target_drop > self.max_other_drop
+        """The domain's own log-likelihood falls (drop > 0), at least twice as much as with random
+        experts (any drop beats a random baseline with no mean drop), and more than any other
+        domain's. A rise never passes, whatever the random baseline did."""
+        if not self.target_drop > 0:
+            return False
+        if self.random_drop > 0 and self.target_drop < 2.0 * self.random_drop:
+            return False
+        return self.target_drop > self.max_other_drop
 
 
 @dataclass
@@ -238,10 +247,10 @@ def report_markdown(result: ExperimentResult) -> str:
     labels = list(result.base)
     lines += [
         "",
-        "Ratio = the domain's drop / the random baseline's mean drop. Passes = the domain's drop "
-        "is at least twice the random baseline's mean drop (or the random experts cause no mean "
-        "drop at all) and larger than the drop of every other domain. Δ are in nats per token; "
-        "negative = less likely.",
+        "Ratio = the domain's drop / the random baseline's mean drop. Passes = the domain's own "
+        "log-likelihood falls (Δ < 0), its drop is at least twice the random baseline's mean drop "
+        "(any drop, if the random experts cause no mean drop) and larger than the drop of every "
+        "other domain. Δ are in nats per token; negative = less likely.",
         "",
         "## Full matrix: Δ mean token log-likelihood (rows: experts switched off; columns: "
         "held-out domain)",
