@@ -18,14 +18,22 @@ import _shared  # noqa: E402
 st.set_page_config(page_title="routescope", page_icon=":material/alt_route:", layout="wide")
 
 VIEWS = Path(__file__).resolve().parent / "views"
+runs = st.Page(VIEWS / "1_runs.py", url_path="runs", title="Runs", icon=":material/table_rows:")
+
+
+def _start() -> None:
+    """The app's root `/`: switch to Runs at `/runs`.
+
+    Streamlit serves the default page at `/` only, so a default Runs page would answer `/runs`
+    with "Page not found"; this hidden default keeps Runs an ordinary page at its own URL.
+    """
+    st.switch_page(runs)
+
+
+start = st.Page(_start, url_path="start", title="Runs", visibility="hidden", default=True)
 pages = [
-    st.Page(
-        VIEWS / "1_runs.py",
-        url_path="runs",
-        title="Runs",
-        icon=":material/table_rows:",
-        default=True,
-    ),
+    start,
+    runs,
     st.Page(
         VIEWS / "2_tokens.py", url_path="tokens", title="Tokens", icon=":material/text_fields:"
     ),
@@ -48,6 +56,8 @@ pages = [
     st.Page(VIEWS / "7_sql.py", url_path="sql", title="SQL", icon=":material/database:"),
 ]
 nav = st.navigation(pages)
+if nav is start:
+    nav.run()  # switches to Runs before the sidebar is drawn (no store is read twice)
 st.sidebar.title("routescope")
 _shared.run_picker(_shared.db_path())
 nav.run()

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: `streamlit run` serves the app on 127.0.0.1, headless Chromium
-loads the Tokens and Steering pages (driven over the Chrome DevTools protocol, with the
-`websockets` client streamlit already depends on), finds the rendered charts and widgets, hovers
-a heatmap cell, and saves screenshots. Skipped only where no Chromium is installed."""
+loads the Runs (at `/runs` and at `/`), Tokens and Steering pages (driven over the Chrome DevTools
+protocol, with the `websockets` client streamlit already depends on), finds the rendered charts
+and widgets, hovers a heatmap cell, picks a preset in the editor, and saves screenshots. Skipped
+only where no Chromium is installed."""
 
 from __future__ import annotations
 
@@ -90,6 +91,24 @@ class CDP:
     def js(self, expression: str):
         res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return res.get("result", {}).get("value")
+
+    def click(self, selector: str) -> None:
+        """A real mouse click (pressed and released) in the middle of the first match."""
+        box = self.js(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        assert box, f"nothing to click at {selector}"
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call(
+                "Input.dispatchMouseEvent",
+                type=kind,
+                x=box[0],
+                y=box[1],
+                button="left",
+                clickCount=1,
+            )
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
@@ -204,11 +223,43 @@ def open_page(cdp: CDP, url: str, ready_js: str, what: str) -> None:
     assert errors == [], errors
 
 
+def value_of(cdp: CDP, selector: str) -> str | None:
+    """The value of the first input under selector (a selectbox's or text input's shown value)."""
+    return cdp.js(f"(document.querySelector({json.dumps(selector)} + ' input') || {{}}).value")
+
+
+RUNS_READY = (
+    "document.querySelectorAll('[data-testid=\"stMetric\"]').length > 0 && "
+    "Array.from(document.querySelectorAll('h1')).some(h => h.innerText.trim() === 'Runs')"
+)
+
+
+def assert_runs_page(cdp: CDP, run_id: str) -> None:
+    """The Runs page is shown, at /runs, marked in the sidebar, and no "Page not found"."""
+    text = cdp.js("document.body.innerText")
+    assert "Page not found" not in text
+    assert f"Run {run_id}" in text and "run(s) in" in text  # the run's subheader and caption
+    assert cdp.js("location.pathname") == "/runs"
+    nav = cdp.js(
+        "Array.from(document.querySelectorAll('[data-testid=\"stSidebarNavLink\"]'))"
+        ".map(a => [a.innerText.split('\\n').pop().trim(), a.getAttribute('aria-current')])"
+    )
+    assert [n for n in nav if n[0] == "Runs"] == [["Runs", "page"]], nav  # listed once, current
+    assert len(nav) == 7, nav  # the seven pages; the hidden start page is not listed
+
+
 @needs_chromium
 def test_tokens_and_steering_pages_render_in_chromium(served_app, browser, tmp_path):
     base, store = served_app
     shots = tmp_path / "screenshots"
     shots.mkdir()
+
+    # Runs: the default page answers at its own URL, /runs, and / switches to it
+    open_page(browser, f"{base}/runs", RUNS_READY, "the Runs page at /runs")
+    assert_runs_page(browser, store["run_id"])
+    open_page(browser, f"{base}/", RUNS_READY, "the Runs page at /")
+    wait_for(lambda: browser.js("location.pathname") == "/runs", 20, "/ to switch to /runs")
+    assert_runs_page(browser, store["run_id"])
 
     # Tokens: the heatmap is drawn by plotly.js, the text has one coloured span per token
     open_page(
@@ -257,14 +308,51 @@ def test_tokens_and_steering_pages_render_in_chromium(served_app, browser, tmp_p
         browser,
         f"{base}/steering",
         "document.body.innerText.includes('Playground') && "
-        "document.querySelectorAll('[data-testid=\"stDataFrame\"]').length > 0",
-        "the Steering page's preset table",
+        "document.body.innerText.includes('Steered collection')",
+        "the Steering page",
     )
-    text = browser.js("document.body.innerText")
-    assert "Presets" in text and "Steered collection" in text
-    assert "browser-preset" in text or browser.js(
-        "document.querySelector('[data-testid=\"stDataFrame\"]') !== null"
+    assert "Presets" in browser.js("document.body.innerText")
+    # the playground and the steered collection offer it (their pickers exist only with a preset)
+    assert value_of(browser, ".st-key-play_preset") == "browser-preset"
+    assert value_of(browser, ".st-key-collect_preset") == "browser-preset"
+    # the preset table (a canvas grid; its cells are mirrored in an accessible <table>)
+    layer = store["layers"][0]
+    cells = wait_for(
+        lambda: browser.js(
+            "Array.from(document.querySelectorAll('[data-testid=\"stDataFrame\"] td'))"
+            ".map(td => td.textContent)"
+        ),
+        20,
+        "the preset table's cells",
     )
+    assert "browser-preset" in cells, cells
+    specs = [json.loads(c) for c in cells if c.startswith("{")]
+    assert [sp["edits"] for sp in specs] == [
+        [{"action": "deactivate", "expert": 1, "layer": layer}]
+    ]
+    # picking it in "Preset to edit" loads its name and its edit into the form
+    assert value_of(browser, ".st-key-preset_choice") == "(new preset)"
+    browser.click(".st-key-preset_choice button")
+    wait_for(
+        lambda: browser.js(
+            "(() => { const o = Array.from(document.querySelectorAll('[role=option]'))"
+            ".find(e => e.innerText.trim() === 'browser-preset');"
+            " if (o) o.setAttribute('data-test-pick', '1'); return !!o; })()"
+        ),
+        20,
+        "browser-preset among the editor's options",
+    )
+    browser.click("[data-test-pick='1']")
+    wait_for(
+        lambda: value_of(browser, ".st-key-pname_p1") == "browser-preset",
+        30,
+        "the edit form of browser-preset",
+    )
+    assert value_of(browser, ".st-key-preset_choice") == "browser-preset"
+    deactivate = browser.js("document.querySelector('.st-key-poff_p1').innerText")
+    assert f"L{layer}/e1" in deactivate.split()
+    forced = browser.js("document.querySelector('.st-key-pon_p1').innerText")
+    assert "/e" not in forced, forced  # nothing forced on
     steering_png = browser.screenshot(shots / "steering.png")
 
     for png in (tokens_png, steering_png):

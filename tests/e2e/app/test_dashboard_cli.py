@@ -96,7 +96,11 @@ def cleanup(proc: subprocess.Popen) -> None:
 
 
 def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    """The process's arguments ([] if it has exited meanwhile)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except FileNotFoundError:
+        return []
 
 
 def assert_no_prompt(log: Path) -> None:
@@ -163,8 +167,14 @@ def test_open_flag_opens_the_browser_once_the_server_answers(fixture_store, tmp_
         assert calls == [{"url": base, "health": "ok"}]  # once, and only after the server answered
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         if children.is_file():  # the server is routescope's child, started with the flags
-            (child,) = [int(p) for p in children.read_text().split()]
-            cmd = cmdline(child)
+            # (the browser command may not have exited yet: it is a child too, for a moment)
+            servers = [
+                c
+                for c in (cmdline(int(pid)) for pid in children.read_text().split())
+                if "streamlit" in c
+            ]
+            assert len(servers) == 1, servers
+            cmd = servers[0]
             assert cmd[cmd.index("--server.headless") + 1] == "true"
             assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "true"
         proc.send_signal(signal.SIGTERM)  # passed on to the server; both end
