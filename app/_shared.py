@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import polars as pl
 import streamlit as st
 
+from routescope.core.defaults import DEFAULT_DB
 from routescope.core.errors import RoutescopeError
 from routescope.core.trace import Trace
 
 DB_ENV = "ROUTESCOPE_DB"
-DEFAULT_DB = "routescope.duckdb"
 RUN_KEY = "run_id"
 
 T = TypeVar("T")

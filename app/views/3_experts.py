@@ -22,7 +22,7 @@ def _stored(db: str, version: str, run_id: str, phase: str, fn: Any, **kwargs: A
         return sh.load_trace(db, version, run_id).select_phase(phase)
 
     sel = {"phase": phase, "layers": None}
-    return sh.read(db, lambda s: s.cached_analysis(run_id, fn, load, selection=sel, **kwargs))
+    return sh.read(db, lambda s: s.memo_analysis(run_id, fn, load, selection=sel, **kwargs))
 
 
 @st.cache_data(show_spinner="Computing expert load…")

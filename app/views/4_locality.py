@@ -17,7 +17,7 @@ def _stored(db: str, version: str, run_id: str, fn: Any, **kwargs: Any) -> pl.Da
     """fn over the run's trace, through the store's analysis cache (shared with the CLI)."""
     return sh.read(
         db,
-        lambda s: s.cached_analysis(
+        lambda s: s.memo_analysis(
             run_id, fn, lambda: sh.load_trace(db, version, run_id), **kwargs
         ),
     )

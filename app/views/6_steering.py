@@ -39,8 +39,8 @@ def _expert_changes(lm: Any, spec: SteeringSpec, text: str) -> pl.DataFrame:
     preset (routing recorded by the collection engine, once plain and once with the edit)."""
     from routescope.analysis.specialization import expert_load
     from routescope.collect.engine import collect_batch
-    from routescope.steering.interventions import as_router_edit
     from routescope.core.trace import Trace
+    from routescope.steering.interventions import as_router_edit
 
     ids = [int(x) for x in lm.tokenizer(text)["input_ids"]]
     loads = []

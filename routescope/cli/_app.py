@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from routescope.core.defaults import DEFAULT_DB
+
+__all__ = ["DEFAULT_DB", "analyze_app", "app"]
+
 app = typer.Typer(
     name="routescope",
     help="Record, analyse and steer the routing of Mixture-of-Experts language models.",
@@ -14,4 +18,3 @@ app = typer.Typer(
 analyze_app = typer.Typer(help="Analyses over a collected run.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
-DEFAULT_DB = "routescope.duckdb"

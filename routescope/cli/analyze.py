@@ -94,13 +94,13 @@ def consistency_cmd(
         run_id = store.resolve_run(run)
         trace = _trace_loader(store, run_id, phase, labels, err)
         sel = {"phase": phase, "labels": labels}
-        rep = store.cached_analysis(run_id, cons.repetition_rates, trace, **sel)
+        rep = store.memo_analysis(run_id, cons.repetition_rates, trace, **sel)
         with err.status("SRP…"):
-            srp = store.cached_analysis(
+            srp = store.memo_analysis(
                 run_id, cons.srp, trace, segment_lengths=segs, shuffled_seed=seed, **sel
             )
         with err.status("SCH…"):
-            sch = store.cached_analysis(run_id, cons.sch, trace, segment_lengths=segs, **sel)
+            sch = store.memo_analysis(run_id, cons.sch, trace, segment_lengths=segs, **sel)
     if plot is not None:
         from routescope.analysis.figures_locality import srp_figure, write_figure
 
@@ -238,7 +238,7 @@ def cache_cmd(
             "phase": phase,
             "labels": labels,
         }
-        df = store.cached_analysis(
+        df = store.memo_analysis(
             run_id, ca.cache_hit_rates, trace, progress=not (quiet or as_json), **params
         )
     if plot is not None:

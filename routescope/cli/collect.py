@@ -93,14 +93,17 @@ def collect(
             "nothing to collect: give a job file (e.g. `routescope collect collectors/demo.toml`) "
             "or --prompts FILE"
         )
+    from routescope.steering.presets import job_steering
+
     err = Console(stderr=True)
+    steering = job_steering(job)  # a preset or spec file, resolved above the collection layer
     try:
         if use_ray or shard is not None or parts is not None or address is not None:
             from routescope.cli.scale import run_scaled
 
-            result = run_scaled(job, quiet, shard, parts, use_ray, address, workers)
+            result = run_scaled(job, steering, quiet, shard, parts, use_ray, address, workers)
         else:
-            result = run_job(job, quiet=quiet)
+            result = run_job(job, quiet=quiet, steering=steering)
     except CollectionInterrupted as exc:
         err.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
         raise SystemExit(130) from None  # (typer.Exit's code is lost under standalone_mode=False)

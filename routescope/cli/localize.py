@@ -73,10 +73,10 @@ def specialization_cmd(
                 return store.load_trace(run_id, phase=phase, layers=layers)
 
         sel = {"phase": phase, "layers": None if layer is None else [layer]}
-        load = store.cached_analysis(run_id, sp.expert_load, trace, selection=sel)
-        summary = store.cached_analysis(run_id, sp.load_summary, trace, selection=sel)
+        load = store.memo_analysis(run_id, sp.expert_load, trace, selection=sel)
+        summary = store.memo_analysis(run_id, sp.load_summary, trace, selection=sel)
         try:
-            domain = store.cached_analysis(
+            domain = store.memo_analysis(
                 run_id, sp.domain_specialization, trace, selection=sel, by=by
             )
         except InvalidParameterError as exc:
@@ -86,14 +86,14 @@ def specialization_cmd(
             no_domain = str(exc)
         n_groups = 0 if domain is None else domain[by].n_unique()
         cv = (
-            store.cached_analysis(run_id, sp.domain_cv, trace, selection=sel, by=by)
+            store.memo_analysis(run_id, sp.domain_cv, trace, selection=sel, by=by)
             if n_groups >= 2
             else None
         )
         focus = layer if layer is not None else store.moe_layers(run_id)[0]
         vocab_rows = None
         if vocab:
-            voc = store.cached_result(
+            voc = store.memo_result(
                 run_id,
                 "spec.vocab",
                 {"phase": phase, "layer": focus, "min_count": min_count},
@@ -288,7 +288,7 @@ def localize_cmd(
         result = (
             compute()
             if uses_other_run
-            else store.cached_result(run_id, "localize", params, compute)
+            else store.memo_result(run_id, "localize", params, compute)
         )
     shown = result if top <= 0 else result.head(top)
     if spec_out is not None:

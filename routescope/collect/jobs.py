@@ -114,7 +114,7 @@ class JobSpec:
         """Deterministic run id: slug(name) if named, else slug(model) + '-' + config hash."""
         if self.name:
             return slug(self.name)
-        from routescope.store.store import canonical_json
+        from routescope.core.canonical import canonical_json
 
         digest = hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()[:10]
         stem = slug(Path(self.model.rstrip("/")).name) or "model"

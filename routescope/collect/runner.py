@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,27 @@ import numpy as np
 
 from routescope.collect.jobs import DEMO_MODEL, JobSpec, JobSpecError
 from routescope.collect.prompts import Prompt, TokenizedPrompt, read_prompt_set, tokenize_prompts
-from routescope.core.records import BatchRouting
 from routescope.core.errors import RoutescopeError
+from routescope.core.protocols import RunWriter
+from routescope.core.records import BatchRouting
+from routescope.store.schema import job_size_key
 
 CollectFn = Callable[..., BatchRouting]
+
+
+@dataclass(frozen=True)
+class JobSteering:
+    """A job's steering, resolved above the collection layer (`routescope.steering.job_steering`).
+
+    steering_id: what the run records (the preset id, or the spec file's path); spec: the spec as
+    a dict (recorded in the run's config, so an edited preset makes another run); make_edit(lm):
+    the engine's `RouterEdit` for a loaded model (it validates layers and experts against it).
+    Picklable, so shards and Ray workers build the same edit for their own copy of the model.
+    """
+
+    steering_id: str
+    spec: dict[str, Any]
+    make_edit: Callable[[Any], Any]
 
 
 class CollectionInterrupted(RoutescopeError):
@@ -93,18 +109,6 @@ def load_job_model(job: JobSpec, quiet: bool = False) -> Any:
     return lm
 
 
-def resolve_steering(ref: str, lm: Any, store: Any) -> tuple[Any, str, dict]:
-    """A job's `steering` (spec file or preset name in the store) → (engine edit, steering_id,
-    spec as a dict). The spec is validated against the model; steering_id is the preset id, or
-    the spec file's path."""
-    from routescope.steering.interventions import as_router_edit
-    from routescope.steering.presets import resolve_spec
-
-    spec, preset_id = resolve_spec(ref, store.con)
-    edit = as_router_edit(lm, spec)  # validates layers/experts against the model
-    return edit, preset_id or ref, spec.to_dict()
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -153,7 +157,8 @@ def run_job(
     quiet: bool = False,
     lm: Any = None,
     collect_fn: CollectFn | None = None,
-    store: Any = None,
+    store: RunWriter | None = None,
+    steering: JobSteering | None = None,
     after_batch: Callable[[int], None] | None = None,
     flush_rows: int = 262_144,
     flush_seconds: float = 20.0,
@@ -166,20 +171,25 @@ def run_job(
     (default `routescope.collect.engine.collect_batch`); store: an open writable `RoutingStore`
     (else job.db is written through an `IntermittentStore`, which holds the file's lock only
     while committing, so other processes can read the store during the job); after_batch(i) is
-    called after engine batch i is computed. select(seq_id) → keep: collect only those sequences
+    called after engine batch i is computed and handed to the writer. steering: the job's
+    steering resolved above this layer (required when the job names one; see
+    `routescope.steering.job_steering`). select(seq_id) → keep: collect only those sequences
     (a shard; its run ends 'partial' unless it covers the job); prompts: the job's prompts if
     already read (else read from its files).
     Engine batches are written together once they reach flush_rows route rows or flush_seconds
     (and on Ctrl-C or out-of-memory, so every computed sequence is kept).
     Raises `CollectionInterrupted` on Ctrl-C or out-of-memory, with the run marked 'interrupted'.
     """
-    from routescope.store.store import IntermittentStore
+    from routescope.store.writer import IntermittentStore
 
+    if job.steering is not None and steering is None:
+        raise JobSpecError(
+            f"job {job.name or job.run_id} names steering {job.steering!r}: pass "
+            "steering=routescope.steering.job_steering(job) to run_job (the CLI does this)"
+        )
     if prompts is None:
         prompts = read_job_prompts(job)
-    own_store = store is None
-    if own_store:
-        store = IntermittentStore(job.db)
+    writer: RunWriter = IntermittentStore(job.db) if store is None else store
     run_id = job.run_id
     try:
         if lm is None:
@@ -191,51 +201,45 @@ def run_job(
         if lm.tokenizer is None:
             raise JobSpecError(f"model {job.model} has no tokenizer; it is needed to tokenize")
         tokenized = tokenize_prompts(prompts, lm.tokenizer, job.max_length)
-        config = job.identity()
-        # one session for the setup (a plain store is used as is; an intermittent one opens once)
-        session = store.open() if isinstance(store, IntermittentStore) else nullcontext(store)
-        with session as setup:
-            steering_edit, steering_id, stored = _setup_run(job, lm, setup, run_id, config)
-            setup.set_meta(job_size_key(run_id), {"sequences": len(tokenized)})
+        edit, stored = _setup_run(job, lm, writer, run_id, steering)
+        writer.set_meta(job_size_key(run_id), {"sequences": len(tokenized)})
         selected = [i for i in range(len(tokenized)) if select is None or select(i)]
         todo = [i for i in selected if i not in stored]
-        batches = plan_batches(tokenized, todo, job.batch_size)
-        result = _collect(
-            job,
-            store,
-            run_id,
-            lm,
-            collect_fn,
-            tokenized,
-            batches,
-            quiet,
-            after_batch,
-            flush_rows,
-            flush_seconds,
-            steering_edit,
+        plan = _CollectPlan(
+            job=job,
+            run_id=run_id,
+            tokenized=tokenized,
+            batches=plan_batches(tokenized, todo, job.batch_size),
             total=len(selected),
             final_status="complete" if len(selected) == len(tokenized) else "partial",
+            edit=edit,
+        )
+        result = _collect(
+            plan,
+            writer,
+            lm,
+            collect_fn,
+            quiet=quiet,
+            after_batch=after_batch,
+            flush_rows=flush_rows,
+            flush_seconds=flush_seconds,
         )
         result.sequences_skipped = len(selected) - len(todo)
         return result
     finally:
-        if own_store:
-            store.close()
-
-
-def job_size_key(run_id: str) -> str:
-    """The meta key holding how many sequences the run's job has (a merge's completeness test)."""
-    return f"job_sequences:{run_id}"
+        if store is None:
+            writer.close()
 
 
 def _setup_run(
-    job: JobSpec, lm: Any, store: Any, run_id: str, config: dict
-) -> tuple[Any, str | None, set[int]]:
-    """Resolve steering, create or resume the run; returns (edit, steering_id, stored seq ids)."""
-    steering_edit, steering_id = None, None
-    if job.steering is not None:
-        steering_edit, steering_id, spec_dict = resolve_steering(job.steering, lm, store)
-        config["steering_spec"] = spec_dict  # an edited preset is a different run
+    job: JobSpec, lm: Any, store: RunWriter, run_id: str, steering: JobSteering | None
+) -> tuple[Any, set[int]]:
+    """Create or resume the run; returns (the engine's steering edit or None, stored seq ids)."""
+    config = job.identity()
+    edit, steering_id = None, None
+    if steering is not None:
+        edit, steering_id = steering.make_edit(lm), steering.steering_id
+        config["steering_spec"] = steering.spec  # an edited preset is a different run
     store.create_or_resume_run(
         run_id,
         name=job.name or run_id,
@@ -254,7 +258,7 @@ def _setup_run(
         config=config,
         versions=_versions(),
     )
-    return steering_edit, steering_id, store.stored_seq_ids(run_id)
+    return edit, store.stored_seq_ids(run_id)
 
 
 class _BufferedWriter:
@@ -266,7 +270,12 @@ class _BufferedWriter:
     """
 
     def __init__(
-        self, store: Any, run_id: str, texts: _TokenTexts, flush_rows: int, flush_seconds: float
+        self,
+        store: RunWriter,
+        run_id: str,
+        texts: _TokenTexts,
+        flush_rows: int,
+        flush_seconds: float,
     ) -> None:
         self.store, self.run_id, self.texts = store, run_id, texts
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
@@ -316,21 +325,29 @@ def concat_batches(batches: Sequence[BatchRouting]) -> BatchRouting:
     )
 
 
+@dataclass
+class _CollectPlan:
+    """What one invocation collects: the job's sequences still to do, batched."""
+
+    job: JobSpec
+    run_id: str
+    tokenized: list[TokenizedPrompt]
+    batches: list[list[int]]
+    total: int
+    final_status: str
+    edit: Any = None
+
+
 def _collect(
-    job: JobSpec,
-    store: Any,
-    run_id: str,
+    plan: _CollectPlan,
+    store: RunWriter,
     lm: Any,
     collect_fn: CollectFn,
-    tokenized: list[TokenizedPrompt],
-    batches: list[list[int]],
+    *,
     quiet: bool,
     after_batch: Callable[[int], None] | None,
     flush_rows: int,
     flush_seconds: float,
-    steering_edit: Any = None,
-    total: int | None = None,
-    final_status: str = "complete",
 ) -> RunResult:
     from rich.progress import (
         BarColumn,
@@ -341,7 +358,8 @@ def _collect(
         TimeRemainingColumn,
     )
 
-    total = len(tokenized) if total is None else total
+    job, run_id, tokenized, batches = plan.job, plan.run_id, plan.tokenized, plan.batches
+    total = plan.total
     done_before = total - sum(len(b) for b in batches)
     writer = _BufferedWriter(store, run_id, _TokenTexts(lm.tokenizer), flush_rows, flush_seconds)
     computed_tokens = 0
@@ -372,7 +390,7 @@ def _collect(
                     [tokenized[i].input_ids for i in seq_ids],
                     max_new_tokens=job.max_new_tokens,
                     save_probs=job.save_probs,
-                    steering=steering_edit,
+                    steering=plan.edit,
                 )
                 if batch.num_sequences != len(seq_ids):
                     raise RuntimeError(
@@ -416,7 +434,8 @@ def _collect(
             ) from None
         store.set_status(run_id, "failed")
         raise
-    store.set_status(run_id, final_status)
+    store.set_status(run_id, plan.final_status)
+    store.finish_run(run_id)  # e.g. cluster the run's rows by layer for reading
     return RunResult(
         run_id=run_id,
         db=job.db,
@@ -426,7 +445,7 @@ def _collect(
         tokens_written=writer.tokens,
         route_rows=writer.rows,
         seconds=time.perf_counter() - start,
-        status=final_status,
+        status=plan.final_status,
     )
 
 

@@ -22,7 +22,8 @@ class Trace:
     """Routing of a set of sequences: N token rows, L MoE layers, top-k experts per token.
 
     experts:     int16[N, L, k]  routed expert ids in rank order (rank 0 = highest score)
-    weights:     float32[N, L, k] gate weights as used by the model
+    weights:     float32[N, L, k] gate weights as used by the model, or None when the run has
+                                  none (an imported trace that records experts only)
     seq_offsets: int64[S+1]      token rows of sequence s are seq_offsets[s]:seq_offsets[s+1]
     phase:       uint8[N]        0 = prefill, 1 = decode (generated)
     token_ids:   int64[N]        input token id of each row
@@ -35,7 +36,7 @@ class Trace:
     """
 
     experts: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
     seq_offsets: np.ndarray
     num_experts: int
     top_k: int
@@ -57,7 +58,7 @@ class Trace:
         s = len(self.seq_offsets) - 1
         if self.experts.ndim != 3:
             raise ValueError(f"experts must be [N, L, k], got shape {self.experts.shape}")
-        if self.weights.shape != self.experts.shape:
+        if self.weights is not None and self.weights.shape != self.experts.shape:
             raise ValueError("weights and experts must have the same shape")
         if self.experts.shape[1] != len(self.layers):
             raise ValueError("experts.shape[1] must equal len(layers)")
@@ -113,6 +114,19 @@ class Trace:
         """object[N]: the label of each token row's sequence."""
         return self.labels[self.seq_index]
 
+    @property
+    def has_weights(self) -> bool:
+        return self.weights is not None
+
+    def require_weights(self, what: str) -> np.ndarray:
+        """The gate weights, or one clear error naming the analysis that needs them."""
+        if self.weights is None:
+            raise InvalidParameterError(
+                f"{what} needs gate weights, and run {self.run_id or ''} has none (an imported "
+                "trace that records experts only); use an expert-count variant instead"
+            )
+        return self.weights
+
     def layer_position(self, layer: int) -> int:
         """Column of model layer `layer` in `experts`; a clear error if it is not an MoE layer."""
         try:
@@ -140,7 +154,7 @@ class Trace:
         return replace(
             self,
             experts=self.experts[mask],
-            weights=self.weights[mask],
+            weights=None if self.weights is None else self.weights[mask],
             seq_offsets=offsets,
             phase=self.phase[mask],
             token_ids=self.token_ids[mask],
@@ -150,6 +164,26 @@ class Trace:
             seq_ids=self.seq_ids[keep_seq],
             prompt_sets=self.prompt_sets[keep_seq],
             prompt_ids=self.prompt_ids[keep_seq],
+        )
+
+    def slice_sequences(self, start: int, stop: int) -> Trace:
+        """Sequences start..stop-1 as a Trace of views (no copy): a chunk for a streaming kernel."""
+        start, stop = max(0, int(start)), min(self.num_sequences, int(stop))
+        stop = max(start, stop)
+        lo, hi = int(self.seq_offsets[start]), int(self.seq_offsets[stop])
+        return replace(
+            self,
+            experts=self.experts[lo:hi],
+            weights=None if self.weights is None else self.weights[lo:hi],
+            seq_offsets=self.seq_offsets[start : stop + 1] - lo,
+            phase=self.phase[lo:hi],
+            token_ids=self.token_ids[lo:hi],
+            positions=self.positions[lo:hi],
+            in_target=self.in_target[lo:hi],
+            labels=self.labels[start:stop],
+            seq_ids=self.seq_ids[start:stop],
+            prompt_sets=self.prompt_sets[start:stop],
+            prompt_ids=self.prompt_ids[start:stop],
         )
 
     def select_sequences(self, seq_mask: np.ndarray) -> Trace:
@@ -182,23 +216,13 @@ class Trace:
         return replace(
             self,
             experts=self.experts[:, cols, :],
-            weights=self.weights[:, cols, :],
+            weights=None if self.weights is None else self.weights[:, cols, :],
             layers=tuple(int(x) for x in layers),
         )
 
     @property
     def label_set(self) -> list[str]:
         return sorted({str(x) for x in self.labels.tolist() if x is not None})
-
-    @classmethod
-    def from_parquet(cls, directory: str, run: str | None = None, **filters: object) -> Trace:
-        """Load a run from a `routescope export --parquet DIR` directory (newest run if None).
-
-        filters: phase, labels, layers as in `RoutingStore.load_trace`.
-        """
-        from routescope.store.parquet import load_trace_parquet  # lazy: keeps Trace light
-
-        return load_trace_parquet(directory, run, **filters)  # type: ignore[arg-type]
 
     @classmethod
     def from_sequences(

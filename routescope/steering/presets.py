@@ -1,7 +1,8 @@
 """Named steering presets in the store's `steering_presets` table: create, list, show, update, delete.
 
-Functions take a DuckDB connection (a `RoutingStore`'s `store.con`), so the CLI, the collect runner
-and the dashboard share one implementation. A preset's spec is stored as canonical JSON; when a
+Functions take a DuckDB connection (a `RoutingStore`'s `store.con`), so the CLI and the dashboard
+share one implementation; `job_steering` resolves a collection job's `steering` (a preset name or a
+spec file) into what the collection runner applies, so the runner never imports steering. A preset's spec is stored as canonical JSON; when a
 model shape is given, the spec is validated against it before it is written. No torch here.
 """
 
@@ -24,7 +25,9 @@ __all__ = [
     "PresetError",
     "create_preset",
     "delete_preset",
+    "copy_preset",
     "get_preset",
+    "job_steering",
     "list_presets",
     "resolve_spec",
     "update_preset",
@@ -204,3 +207,68 @@ def resolve_spec(ref: str, con: Any | None = None) -> tuple[SteeringSpec, str | 
         )
     p = get_preset(con, ref)
     return p.spec, p.preset_id
+
+
+def edit_from_spec(spec: dict[str, Any], lm: Any) -> Any:
+    """The engine's `RouterEdit` for `spec` (a dict) on a loaded model (None: nothing to change).
+
+    Module level, so a `JobSteering` that holds it pickles to shards and Ray workers."""
+    from routescope.steering.interventions import as_router_edit  # torch only when applied
+
+    return as_router_edit(lm, SteeringSpec.from_dict(spec))
+
+
+def _is_spec_file(ref: str) -> bool:
+    return Path(ref).suffix.lower() in (".toml", ".json") or Path(ref).is_file()
+
+
+def job_steering(job: Any, con: Any | None = None) -> Any:
+    """A collection job's `steering` (preset name or spec file) as the runner's `JobSteering`,
+    or None when the job is unsteered. A preset is looked up on `con`, else in the job's store."""
+    from functools import partial
+
+    from routescope.collect.runner import JobSteering
+
+    ref = job.steering
+    if ref is None:
+        return None
+    own = None
+    if con is None and not _is_spec_file(ref) and Path(job.db).is_file():
+        from routescope.store.dataset import connect_store
+
+        con = own = connect_store(job.db, read_only=True)
+    try:
+        spec, preset_id = resolve_spec(ref, con)
+    finally:
+        if own is not None:
+            own.close()
+    as_dict = spec.to_dict()
+    return JobSteering(
+        steering_id=preset_id or ref, spec=as_dict, make_edit=partial(edit_from_spec, as_dict)
+    )
+
+
+def copy_preset(ref: str, src_db: str, dst_con: Any) -> None:
+    """Copy the preset `ref` from the store at `src_db` into another store (a shard's), so the
+    shard's run names a preset it holds; a spec file or an absent store copies nothing."""
+    if _is_spec_file(ref) or not Path(src_db).is_file():
+        return
+    from routescope.store.dataset import connect_store
+
+    src = connect_store(src_db, read_only=True)
+    try:
+        preset = get_preset(src, ref)
+    finally:
+        src.close()
+    dst_con.execute(
+        "INSERT OR IGNORE INTO steering_presets (preset_id, name, model_id, spec, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            preset.preset_id,
+            preset.name,
+            preset.model_id,
+            preset.spec.to_json(),
+            preset.created_at,
+            preset.updated_at,
+        ],
+    )

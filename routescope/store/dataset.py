@@ -13,16 +13,16 @@ import functools
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import duckdb
 
 from routescope.core.errors import StoreError
+from routescope.store.connect import READER_LOCK_TIMEOUT, connect_retrying, first_line
 from routescope.store.schema import DDL
 
 #: How long a reader keeps retrying a locked DuckDB file before giving up, in seconds.
-DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_LOCK_TIMEOUT = READER_LOCK_TIMEOUT
 
 _VIEW_RE = re.compile(r"CREATE OR REPLACE VIEW .*?;", re.S)
 
@@ -73,40 +73,7 @@ def connect_store(
             f"no routing store at {p}; collect a run first (`routescope collect JOB.toml`) "
             "or pass --db with a DuckDB file or a Parquet export directory"
         )
-    return _connect_file(p, read_only=read_only, lock_timeout=lock_timeout)
-
-
-def _connect_file(p: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file, backing off (50 ms doubling to 1 s) while its lock is held elsewhere."""
-    deadline = time.monotonic() + max(lock_timeout, 0.0)
-    delay = 0.05
-    while True:
-        try:
-            return duckdb.connect(str(p), read_only=read_only)
-        except duckdb.IOException as exc:
-            msg = str(exc)
-            if "lock" not in msg.lower():
-                raise StoreError(
-                    f"cannot open {p} as a DuckDB database: {_first_line(msg)}"
-                ) from None
-            if time.monotonic() + delay > deadline:
-                pid = re.search(r"\(PID (\d+)\)", msg)
-                who = f" (PID {pid.group(1)})" if pid else ""
-                raise StoreError(
-                    f"database {p} is still locked for writing by another process{who} after "
-                    f"{lock_timeout:g} s; wait for that job to finish, or read a Parquet export "
-                    "of the run (`routescope export RUN --parquet DIR`) instead"
-                ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        except duckdb.Error as exc:
-            raise StoreError(
-                f"cannot open {p} as a DuckDB database: {_first_line(str(exc))}"
-            ) from None
-
-
-def _first_line(msg: str) -> str:
-    return msg.strip().splitlines()[0] if msg.strip() else msg
+    return connect_retrying(p, read_only, lock_timeout)
 
 
 def _parquet_source(root: Path, table: str) -> str | None:
@@ -169,7 +136,7 @@ def _create_parquet_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
             con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(select)} FROM {scan}")
     except duckdb.Error as exc:
         raise StoreError(
-            f"cannot read the Parquet export {root}: {_first_line(str(exc))}"
+            f"cannot read the Parquet export {root}: {first_line(str(exc))}"
         ) from None
     if found == 0:
         raise StoreError(

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from routescope.core.errors import StoreError
-from routescope.store.store import RoutingStore
 from routescope.core.trace import Trace
+from routescope.store.store import RoutingStore
 
 #: table → hive partition columns.
 PARTITIONS: dict[str, tuple[str, ...]] = {
@@ -30,8 +30,8 @@ _ORDER = {
     "runs": "run_id",
     "sequences": "seq_id",
     "tokens": "seq_id, pos",
-    "routes": "seq_id, pos, layer",
-    "router_probs": "seq_id, pos, layer",
+    "routes": "layer, seq_id, pos",
+    "router_probs": "layer, seq_id, pos",
 }
 _HIVE_TYPES = {"run_id": "VARCHAR", "layer": "SMALLINT"}
 
@@ -47,7 +47,7 @@ def export_parquet(store: RoutingStore, run: str | None, directory: str | Path) 
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for table, parts in PARTITIONS.items():
-        n = store._one(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id])[0]  # type: ignore[index]
+        n = store.con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchall()[0][0]
         target = root / table
         old = target / f"run_id={run_id}"
         if old.exists():

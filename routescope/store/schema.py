@@ -1,6 +1,20 @@
-"""The store's DuckDB schema (DESIGN.md §3). Table names and these columns are the contract."""
+"""The store's DuckDB schema (DESIGN.md §3). Table names and these columns are the contract.
 
-SCHEMA_VERSION = 1
+Version 2 (this one) adds `runs.source`, `runs.has_weights` and `runs.layout`, renames the memo of
+analysis results to `analysis_results`, and keeps each finished run's `routes` and `router_probs`
+clustered by layer (`routescope.store.layout`), so reading one layer does not scan the run.
+"""
+
+SCHEMA_VERSION = 2
+
+#: The meta key holding how many sequences a run's job has (merge decides completeness by it).
+JOB_SIZE_PREFIX = "job_sequences:"
+
+
+def job_size_key(run_id: str) -> str:
+    """The meta key of the run's job size."""
+    return JOB_SIZE_PREFIX + run_id
+
 
 DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -21,7 +35,10 @@ CREATE TABLE IF NOT EXISTS runs (
     config JSON,
     versions JSON,
     status VARCHAR,
-    created_at TIMESTAMP DEFAULT current_timestamp
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    source VARCHAR DEFAULT 'routescope',
+    has_weights BOOLEAN DEFAULT true,
+    layout VARCHAR
 );
 CREATE TABLE IF NOT EXISTS sequences (
     run_id VARCHAR,
@@ -73,7 +90,7 @@ CREATE TABLE IF NOT EXISTS expert_notes (
     updated_at TIMESTAMP DEFAULT current_timestamp,
     PRIMARY KEY (model_id, layer, expert)
 );
-CREATE TABLE IF NOT EXISTS analysis_cache (
+CREATE TABLE IF NOT EXISTS analysis_results (
     run_id VARCHAR,
     kind VARCHAR,
     params_key VARCHAR,

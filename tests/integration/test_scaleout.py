@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 from routescope.cli import app
 from routescope.collect.jobs import job_from_options
 from routescope.collect.runner import CollectionInterrupted, run_job
-from routescope.collect.scaleout import ParquetPartsStore, ScaleOutError, Shard, merge_stores
+from routescope.collect.scaleout import ScaleOutError, Shard
 from routescope.core.errors import StoreError
 from routescope.store.dataset import connect_store
+from routescope.store.merge import MergeError, merge_stores
+from routescope.store.parts import ParquetPartsStore
 from routescope.store.store import RoutingStore
 
 N_SEQ = len(PROSE) + len(CODE)
@@ -140,7 +142,7 @@ def test_two_shards_merged_equal_single_process(tmp_path, model_dir, prompt_file
     assert status(str(half), run_id) == "complete"
 
     # a sequence twice: refused, and the output is unchanged
-    with pytest.raises(ScaleOutError, match=r"sequence 0 of run .* is in both"):
+    with pytest.raises(MergeError, match=r"sequence 0 of run .* is in both"):
         merge_stores(str(out), [str(shard0)], quiet=True)
     assert_same(dump(str(out)), want)
     # a shard of another job under the same run name disagrees on the config
@@ -150,7 +152,7 @@ def test_two_shards_merged_equal_single_process(tmp_path, model_dir, prompt_file
     changed = [a if a != "2" else "1" for a in base]  # --max-new-tokens 1
     r = runner.invoke(app, [*changed, *named, "--shard", "1/2", "--db", str(other)])
     assert r.exit_code == 0, r.output
-    with pytest.raises(ScaleOutError, match="differs between .* in config"):
+    with pytest.raises(MergeError, match="differs between .* in config"):
         merge_stores(
             str(tmp_path / "x.duckdb"),
             [
@@ -228,7 +230,7 @@ def test_scaleout_user_errors_are_one_line(tmp_path, monkeypatch, prompt_files, 
     }
     for message, args in cases.items():
         r = runner.invoke(app, args)
-        assert isinstance(r.exception, ScaleOutError), (args, r.output)
+        assert isinstance(r.exception, ScaleOutError | MergeError), (args, r.output)
         assert message in str(r.exception) and "\n" not in str(r.exception)
     assert not (tmp_path / "o.duckdb").exists() and not Path(db).exists()
 
@@ -237,7 +239,7 @@ def test_shards_of_a_job_steered_by_a_preset(tmp_path, model_dir, prompt_files):
     """A preset named by the job lives in the job's store: both shard forms resolve it from
     there, and the merged shards equal the steered single-process run."""
     from routescope.cli.scale import run_scaled
-    from routescope.steering.presets import create_preset
+    from routescope.steering.presets import create_preset, job_steering
     from routescope.steering.spec import SteeringSpec
 
     db = str(tmp_path / "main.duckdb")
@@ -247,11 +249,12 @@ def test_shards_of_a_job_steered_by_a_preset(tmp_path, model_dir, prompt_files):
         )
         create_preset(store.con, "no-e4", spec, model_id=model_dir)
     job = job_from_options(prompt_files, model=model_dir, db=db, steering="no-e4", **OPTS)
-    ref = run_job(job, quiet=True)
+    steering = job_steering(job)
+    ref = run_job(job, quiet=True, steering=steering)
     assert ref.status == "complete"
     parts = tmp_path / "parts"
-    run_scaled(job, True, "0/2", None, False, None, 2)
-    run_scaled(job, True, "1/2", parts, False, None, 2)
+    run_scaled(job, steering, True, "0/2", None, False, None, 2)
+    run_scaled(job, steering, True, "1/2", parts, False, None, 2)
     shard0 = str(tmp_path / "main.shard-0-of-2.duckdb")
     with RoutingStore(shard0, read_only=True) as store:
         assert store.table("SELECT name FROM steering_presets")["name"].to_list() == ["no-e4"]

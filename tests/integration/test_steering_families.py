@@ -165,7 +165,7 @@ def test_steered_collection_job_records_the_edit(tmp_path) -> None:
 
     from routescope.collect.jobs import job_from_options
     from routescope.collect.runner import run_job
-    from routescope.steering.presets import create_preset
+    from routescope.steering.presets import create_preset, job_steering
     from routescope.store.store import RoutingStore
 
     lm = LoadedModel.from_model(build_tiny_olmoe(seed=3), make_tokenizer(), model_id="tiny/olmoe")
@@ -179,13 +179,13 @@ def test_steered_collection_job_records_the_edit(tmp_path) -> None:
             job = job_from_options(
                 [str(prompts)], db=str(db), name=name, steering=steering, max_new_tokens=2
             )
-            run_job(job, quiet=True, lm=lm, store=store)
+            run_job(job, quiet=True, lm=lm, store=store, steering=job_steering(job, store.con))
         spec_file = tmp_path / "spec.json"
         spec_file.write_text(spec.to_json())
         job = job_from_options(
             [str(prompts)], db=str(db), name="from-file", steering=str(spec_file)
         )
-        run_job(job, quiet=True, lm=lm, store=store)
+        run_job(job, quiet=True, lm=lm, store=store, steering=job_steering(job, store.con))
     con = duckdb.connect(str(db), read_only=True)
     ids = dict(con.execute("SELECT run_id, steering_id FROM runs").fetchall())
     assert ids == {"plain": None, "steered": preset.preset_id, "from-file": str(spec_file)}

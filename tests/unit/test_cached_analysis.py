@@ -27,16 +27,16 @@ def test_cli_entries_serve_the_dashboards_calls(filled):  # noqa: F811
     assert res.exit_code == 0, res.output
     with RoutingStore(path, read_only=True) as store:
         trace = store.load_trace("run-a")
-        kinds = {r[0] for r in store.con.execute("SELECT kind FROM analysis_cache").fetchall()}
+        kinds = {r[0] for r in store.con.execute("SELECT kind FROM analysis_results").fetchall()}
         assert "routescope.analysis.consistency.srp" in kinds
         # the dashboard's call forms (tuples, phase as a keyword, defaults left out)
-        srp = store.cached_analysis(
+        srp = store.memo_analysis(
             "run-a", consistency.srp, _never, segment_lengths=(2, 3), phase="all"
         )
         assert srp.equals(consistency.srp(trace, [2, 3]))
-        rep = store.cached_analysis("run-a", consistency.repetition_rates, _never, phase="all")
+        rep = store.memo_analysis("run-a", consistency.repetition_rates, _never, phase="all")
         assert rep.equals(consistency.repetition_rates(trace))
-        hits = store.cached_analysis(
+        hits = store.memo_analysis(
             "run-a",
             cache.cache_hit_rates,
             _never,
@@ -52,7 +52,7 @@ def test_cli_entries_serve_the_dashboards_calls(filled):  # noqa: F811
             calls.append(1)
             return trace
 
-        other = store.cached_analysis(
+        other = store.memo_analysis(
             "run-a", consistency.srp, load, segment_lengths=(2,), phase="all"
         )
         assert calls == [1] and isinstance(other, pl.DataFrame)
@@ -70,11 +70,11 @@ def test_specialization_entries_are_shared(filled):  # noqa: F811
     with RoutingStore(path, read_only=True) as store:
         trace = store.load_trace("run-a")
         for fn in (sp.expert_load, sp.load_summary, sp.domain_specialization):
-            got = store.cached_analysis("run-a", fn, _never, selection=sel)
+            got = store.memo_analysis("run-a", fn, _never, selection=sel)
             assert got.equals(fn(trace)), fn.__name__
         # another phase is another entry
         calls = []
-        store.cached_analysis(
+        store.memo_analysis(
             "run-a",
             sp.expert_load,
             lambda: calls.append(1) or trace.select_phase("prefill"),

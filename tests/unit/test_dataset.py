@@ -248,4 +248,4 @@ def test_reader_gives_up_with_one_clear_line(db, tmp_path):
     finally:
         proc.wait(timeout=30)
     assert "\n" not in str(ei.value)
-    assert f"PID {proc.pid}" in str(ei.value)
+    assert f"process {proc.pid}" in str(ei.value)

@@ -11,9 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from routescope.core.records import BatchRouting
 from routescope.core.errors import InvalidParameterError, StoreError
-from routescope.store import Trace
+from routescope.core.records import BatchRouting
 from routescope.store.parquet import export_parquet, load_trace_parquet
 from routescope.store.store import RoutingStore
 
@@ -263,7 +262,7 @@ def test_failed_insert_leaves_no_partial_sequence(filled, monkeypatch):
         assert n == 0
 
 
-def test_cached_result_hit_miss_and_invalidation(filled):
+def test_memo_result_hit_miss_and_invalidation(filled):
     path, seqs = filled
     calls = []
 
@@ -272,27 +271,27 @@ def test_cached_result_hit_miss_and_invalidation(filled):
         return pl.DataFrame({"layer": [0, 2], "value": [0.5, 0.25]})
 
     with RoutingStore(path) as store:
-        a = store.cached_result("run-a", "load", {"phase": "all", "c": 1}, compute)
-        b = store.cached_result("run-a", "load", {"c": 1, "phase": "all"}, compute)  # same key
+        a = store.memo_result("run-a", "load", {"phase": "all", "c": 1}, compute)
+        b = store.memo_result("run-a", "load", {"c": 1, "phase": "all"}, compute)  # same key
         assert len(calls) == 1 and a.equals(b)
-        store.cached_result("run-a", "load", {"phase": "prefill", "c": 1}, compute)
-        store.cached_result("run-a", "other", {"phase": "all", "c": 1}, compute)
+        store.memo_result("run-a", "load", {"phase": "prefill", "c": 1}, compute)
+        store.memo_result("run-a", "other", {"phase": "all", "c": 1}, compute)
         assert len(calls) == 3
         # writing to the run clears its cache
         rng = np.random.default_rng(3)
         store.write_batch("run-a", [{"seq_id": 5}], batch_of([make_seq(rng, 2, 0)]))
-        store.cached_result("run-a", "load", {"phase": "all", "c": 1}, compute)
+        store.memo_result("run-a", "load", {"phase": "all", "c": 1}, compute)
         assert len(calls) == 4
     with RoutingStore(path, read_only=True) as ro:
-        hit = ro.cached_result("run-a", "load", {"phase": "all", "c": 1}, compute)
+        hit = ro.memo_result("run-a", "load", {"phase": "all", "c": 1}, compute)
         assert len(calls) == 4 and hit.equals(a)
         # a miss computes, then saves the entry by taking the write lock briefly
-        ro.cached_result("run-a", "load", {"new": True}, compute)
-        again = ro.cached_result("run-a", "load", {"new": True}, compute)
+        ro.memo_result("run-a", "load", {"new": True}, compute)
+        again = ro.memo_result("run-a", "load", {"new": True}, compute)
         assert len(calls) == 5 and again.equals(a)
         assert ro.read_only and ro.runs()["run_id"].to_list() == ["run-a"]  # still usable
     with RoutingStore(path, read_only=True) as ro:  # a later reader gets the saved entry
-        ro.cached_result("run-a", "load", {"new": True}, compute)
+        ro.memo_result("run-a", "load", {"new": True}, compute)
         assert len(calls) == 5
 
 
@@ -311,12 +310,12 @@ def test_read_only_cache_skips_saving_while_a_writer_holds_the_file(filled, monk
 
     with RoutingStore(path, read_only=True) as ro:
         monkeypatch.setattr(store_mod.duckdb, "connect", locked_for_writers)
-        got = ro.cached_result("run-a", "k", {}, lambda: pl.DataFrame({"x": [1]}))
+        got = ro.memo_result("run-a", "k", {}, lambda: pl.DataFrame({"x": [1]}))
         assert got.equals(pl.DataFrame({"x": [1]}))
         assert ro.runs()["run_id"].to_list() == ["run-a"]  # reopened, still usable
         monkeypatch.setattr(store_mod.duckdb, "connect", real_connect)
     with RoutingStore(path, read_only=True) as store:
-        n = store.con.execute("SELECT count(*) FROM analysis_cache").fetchall()[0][0]
+        n = store.con.execute("SELECT count(*) FROM analysis_results").fetchall()[0][0]
     assert n == 0
 
 
@@ -373,7 +372,7 @@ def test_parquet_export_round_trip(filled, tmp_path):
         export_parquet(store, "run-a", out)  # again: replaces, no duplicates
         export_parquet(store, "second", out)
     assert counts["routes"] == db_a.num_tokens * len(LAYERS)
-    pq_a = Trace.from_parquet(str(out), "run-a")
+    pq_a = load_trace_parquet(str(out), "run-a")
     pq_b = load_trace_parquet(out, "run-b", phase="prefill")
     for got, want in ((pq_a, db_a), (pq_b, db_b)):
         for key in (
@@ -405,4 +404,4 @@ def test_parquet_export_round_trip(filled, tmp_path):
 
 def test_parquet_reader_rejects_non_export(tmp_path):
     with pytest.raises(StoreError, match="not a routescope Parquet export"):
-        Trace.from_parquet(str(tmp_path))
+        load_trace_parquet(str(tmp_path))

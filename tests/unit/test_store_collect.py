@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from routescope.collect.jobs import job_from_options  # noqa: E402
-from routescope.core.records import BatchRouting  # noqa: E402
 from routescope.collect.runner import CollectionInterrupted, run_job  # noqa: E402
+from routescope.core.records import BatchRouting  # noqa: E402
 from routescope.store.store import RoutingStore  # noqa: E402
 
 E, K, LAYERS, V = 6, 2, [0, 2], 40

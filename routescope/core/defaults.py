@@ -1,0 +1,4 @@
+"""Defaults every layer shares."""
+
+#: The store a command uses when no --db is given.
+DEFAULT_DB = "routescope.duckdb"

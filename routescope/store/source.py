@@ -1,0 +1,283 @@
+"""`StoreSource`: one run of a store (DuckDB file or Parquet export) read as chunks of sequences.
+
+The `TraceSource` the streaming analyses take (DESIGN §7). Only the run's sequence list (ids,
+labels, token counts) is held; each chunk is read with two queries (its tokens and its route rows,
+filtered by a seq_id range that DuckDB's row-group statistics prune, and by layer), and put in
+(sequence, position, layer) order with numpy, whatever order the rows are stored in. Peak memory is
+one chunk, whatever the run's length.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from routescope.core.errors import InvalidParameterError, StoreError
+from routescope.core.source import DEFAULT_CHUNK_ROWS, SourceInfo, check_phase, plan_chunks
+from routescope.core.trace import PHASES, Trace
+
+
+def list_column_to_numpy(col: pa.ChunkedArray | pa.Array, dtype: type, width: int) -> np.ndarray:
+    """An Arrow list column of lists of length `width` as one numpy vector (a clear error if a
+    list has another length: the store is inconsistent)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    parts = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        offsets = chunk.offsets.to_numpy()
+        if np.any(np.diff(offsets) != width):
+            raise StoreError(f"a stored list has a length other than {width}; the run is inconsistent")
+        parts.append(chunk.flatten().to_numpy(zero_copy_only=False))
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False)
+
+
+def _objects(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+class StoreSource:
+    """The routing of run `run_id` on connection `con`, narrowed to `phase` and `labels`."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        *,
+        phase: str = "all",
+        labels: Sequence[str] | None = None,
+        seq_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.con = con
+        self.run_id = run_id
+        self.phase = check_phase(phase)
+        self.labels = None if labels is None else [str(x) for x in labels]
+        rows = con.execute(
+            "SELECT num_experts, top_k, model_id, moe_layers, coalesce(has_weights, true), config "
+            "FROM runs WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+        if not rows:
+            raise StoreError(f"no run {run_id!r} in this store")
+        num_experts, top_k, model_id, moe_layers, has_weights, config = rows[0]
+        meta: dict[str, Any] = {}
+        if config:
+            cfg = json.loads(config) if isinstance(config, str) else config
+            if isinstance(cfg, dict) and cfg.get("batch_size"):
+                meta["batch_size"] = int(cfg["batch_size"])
+        present = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT label FROM sequences WHERE run_id = ? AND label IS NOT NULL",
+                [run_id],
+            ).fetchall()
+        ]
+        if self.labels is not None:
+            missing = [lab for lab in self.labels if lab not in present]
+            if missing:
+                raise InvalidParameterError(
+                    f"label(s) {missing} not in run {run_id}; labels are {sorted(present)}"
+                )
+        where = ["s.run_id = $run"]
+        params: dict[str, Any] = {"run": run_id}
+        if self.labels is not None:
+            where.append("list_contains($labels, s.label)")
+            params["labels"] = self.labels
+        if seq_ids is not None:
+            where.append("list_contains($seqs, s.seq_id)")
+            params["seqs"] = [int(x) for x in seq_ids]
+        tok_phase = "" if self.phase == "all" else "AND t.phase = $phase"
+        if self.phase != "all":
+            params["phase"] = self.phase
+        seqs = con.sql(
+            f"""SELECT s.seq_id, s.label, s.prompt_set, s.prompt_id, n.n
+            FROM sequences s JOIN (
+                SELECT t.seq_id, count(*) AS n FROM tokens t
+                WHERE t.run_id = $run {tok_phase} GROUP BY t.seq_id) n USING (seq_id)
+            WHERE {" AND ".join(where)} ORDER BY s.seq_id""",
+            params=params,
+        ).to_arrow_table()
+        self._seq_ids = seqs.column("seq_id").to_numpy().astype(np.int64)
+        self._lengths = seqs.column("n").to_numpy().astype(np.int64)
+        self._labels = _objects(seqs.column("label"))
+        self._prompt_sets = _objects(seqs.column("prompt_set"))
+        self._prompt_ids = _objects(seqs.column("prompt_id"))
+        sel_labels = sorted({str(x) for x in self._labels.tolist() if x is not None})
+        sets = sorted({str(x) for x in self._prompt_sets.tolist() if x is not None})
+        self._info = SourceInfo(
+            num_experts=int(num_experts),
+            top_k=int(top_k),
+            layers=tuple(int(x) for x in moe_layers),
+            num_sequences=len(self._seq_ids),
+            num_tokens=int(self._lengths.sum()),
+            labels=tuple(sel_labels),
+            prompt_sets=tuple(sets),
+            has_weights=bool(has_weights),
+            run_id=run_id,
+            model_id=model_id,
+            phase=self.phase,
+            meta=meta,
+        )
+
+    @property
+    def info(self) -> SourceInfo:
+        return self._info
+
+    @property
+    def seq_ids(self) -> np.ndarray:
+        """int64[S]: the stored seq_id of each sequence, in source order."""
+        return self._seq_ids
+
+    def seq_lengths(self) -> np.ndarray:
+        return self._lengths
+
+    def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> StoreSource:
+        """This run narrowed further (phase 'all' keeps this source's phase)."""
+        if phase != "all" and self.phase not in ("all", phase):
+            raise InvalidParameterError(
+                f"this source holds {self.phase} tokens only; it has no {phase} tokens"
+            )
+        if labels is not None and self.labels is not None:
+            outside = [lab for lab in labels if lab not in self.labels]
+            if outside:
+                raise InvalidParameterError(
+                    f"label(s) {outside} are outside this selection ({self.labels})"
+                )
+        return StoreSource(
+            self.con,
+            self.run_id,
+            phase=phase if phase != "all" else self.phase,
+            labels=labels if labels is not None else self.labels,
+        )
+
+    def chunks(
+        self,
+        *,
+        layers: Sequence[int] | None = None,
+        max_rows: int = DEFAULT_CHUNK_ROWS,
+        align: int = 1,
+        seq_range: tuple[int, int] | None = None,
+    ) -> Iterator[Trace]:
+        sel = self._info.check_layers(layers)
+        start, stop = seq_range if seq_range is not None else (0, len(self._seq_ids))
+        for lo, hi in plan_chunks(self._lengths[start:stop], len(sel), max_rows, align):
+            yield self.read(start + lo, start + hi, sel)
+
+    def read(self, start: int, stop: int, layers: Sequence[int] | None = None) -> Trace:
+        """Sequences start..stop-1 (source order) with `layers` (all by default) as a Trace."""
+        sel = self._info.check_layers(layers)
+        ids = self._seq_ids[start:stop]
+        n_lay = len(sel)
+        k = self._info.top_k
+        lengths = self._lengths[start:stop]
+        n_tok = int(lengths.sum())
+        if len(ids) == 0:
+            return self._trace(start, stop, sel, np.zeros((0, n_lay, k), np.int16), None, {})
+        chunk = pa.table({"seq_id": pa.array(ids)})
+        self.con.register("_rs_chunk_seqs", chunk)
+        try:
+            params: dict[str, Any] = {
+                "run": self.run_id,
+                "lo": int(ids[0]),
+                "hi": int(ids[-1]),
+                "layers": list(sel),
+            }
+            in_chunk = "seq_id BETWEEN $lo AND $hi AND seq_id IN (SELECT seq_id FROM _rs_chunk_seqs)"
+            toks = self.con.sql(
+                f"SELECT seq_id, pos, token_id, phase, in_target FROM tokens "
+                f"WHERE run_id = $run AND {in_chunk}",
+                params={k_: params[k_] for k_ in ("run", "lo", "hi")},
+            ).to_arrow_table()
+            routes = self.con.sql(
+                f"SELECT seq_id, pos, layer, experts, weights FROM routes "
+                f"WHERE run_id = $run AND {in_chunk} AND list_contains($layers, layer)",
+                params=params,
+            ).to_arrow_table()
+        finally:
+            self.con.unregister("_rs_chunk_seqs")
+        # tokens in (sequence, position) order
+        t_seq = toks.column("seq_id").to_numpy().astype(np.int64)
+        t_pos = toks.column("pos").to_numpy().astype(np.int64)
+        order = np.lexsort((t_pos, t_seq))
+        t_key = (t_seq << 32 | t_pos)[order]
+        phase = (toks.column("phase").to_numpy(zero_copy_only=False) == PHASES[1]).astype(np.uint8)[
+            order
+        ]
+        n_all = len(order)
+        # each route row's destination: token row × layer column
+        r_key = routes.column("seq_id").to_numpy().astype(np.int64) << 32 | routes.column(
+            "pos"
+        ).to_numpy().astype(np.int64)
+        lay_col = np.full(int(max(self._info.layers, default=0)) + 1, -1, dtype=np.int64)
+        lay_col[list(sel)] = np.arange(n_lay)
+        dest = np.searchsorted(t_key, r_key) * n_lay + lay_col[
+            routes.column("layer").to_numpy().astype(np.int64)
+        ]
+        if routes.num_rows != n_all * n_lay or (
+            n_all and not np.array_equal(np.bincount(dest, minlength=n_all * n_lay), np.ones(n_all * n_lay, np.int64))
+        ):
+            raise StoreError(
+                f"run {self.run_id} is inconsistent: {routes.num_rows} route rows for {n_all} "
+                f"tokens x {n_lay} layers; re-collect it into a new database"
+            )
+        experts = np.empty((n_all * n_lay, k), dtype=np.int16)
+        experts[dest] = list_column_to_numpy(routes.column("experts"), np.int16, k).reshape(-1, k)
+        experts = experts.reshape(n_all, n_lay, k)
+        weights = None
+        wcol = routes.column("weights")
+        if self._info.has_weights and wcol.null_count == 0:
+            weights = np.empty((n_all * n_lay, k), dtype=np.float32)
+            weights[dest] = list_column_to_numpy(wcol, np.float32, k).reshape(-1, k)
+            weights = weights.reshape(n_all, n_lay, k)
+        extra = {
+            "token_ids": toks.column("token_id").to_numpy().astype(np.int64)[order],
+            "positions": t_pos[order].astype(np.int32),
+            "in_target": toks.column("in_target").to_numpy(zero_copy_only=False).astype(bool)[order],
+            "phase": phase,
+        }
+        if self.phase != "all":  # keep only this source's phase
+            keep = phase == PHASES.index(self.phase)
+            experts = experts[keep]
+            weights = None if weights is None else weights[keep]
+            extra = {name: arr[keep] for name, arr in extra.items()}
+        if len(experts) != n_tok:
+            raise StoreError(
+                f"run {self.run_id} changed while it was read ({len(experts)} token rows, "
+                f"expected {n_tok}); read it again once the job has committed"
+            )
+        return self._trace(start, stop, sel, experts, weights, extra)
+
+    def _trace(
+        self,
+        start: int,
+        stop: int,
+        layers: tuple[int, ...],
+        experts: np.ndarray,
+        weights: np.ndarray | None,
+        extra: dict[str, np.ndarray],
+    ) -> Trace:
+        lengths = self._lengths[start:stop]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return Trace(
+            experts=experts,
+            weights=weights,
+            seq_offsets=offsets,
+            num_experts=self._info.num_experts,
+            top_k=self._info.top_k,
+            layers=layers,
+            labels=self._labels[start:stop],
+            seq_ids=self._seq_ids[start:stop],
+            prompt_sets=self._prompt_sets[start:stop],
+            prompt_ids=self._prompt_ids[start:stop],
+            run_id=self.run_id,
+            model_id=self._info.model_id,
+            meta=dict(self._info.meta),
+            **extra,
+        )
