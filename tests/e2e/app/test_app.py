@@ -4,7 +4,10 @@ annotations and presets are saved, edited and deleted through the widgets."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -405,51 +408,146 @@ def test_empty_store_shows_how_to_start(kind, tmp_path, monkeypatch):
         assert any(f"routescope demo --db {db}" in i.value for i in at.info), page
 
 
-WRITER = r"""
-import sys, time
-import duckdb
-db, stop, counter = sys.argv[1], sys.argv[2], sys.argv[3]
-from pathlib import Path
-n = 0
-while not Path(stop).exists():
-    try:
-        con = duckdb.connect(db)  # holds the file's write lock until close
-    except duckdb.IOException:  # a reader has the file open right now: try again
-        time.sleep(0.02)
-        continue
-    con.execute("INSERT OR REPLACE INTO meta VALUES ('writer_tick', ?)", [str(n)])
-    con.execute("CHECKPOINT")
-    time.sleep(0.3)
-    con.close()
-    n += 1
-    Path(counter).write_text(str(n))
-    time.sleep(0.15)
+#: a real collection job into the app's store: `run_job` (what `routescope collect` runs) on a
+#: tiny OLMoE, one commit per engine batch; after each commit (run_job's after_batch) it says
+#: "committed i RUN_ID" and waits for "read i", so the app can be checked against each state
+COLLECTOR = r"""
+import os, select, sys, time
+import torch
+torch.set_num_threads(1)
+from routescope.collect.jobs import job_from_options
+from routescope.collect.runner import run_job
+model, prompts, db, name = sys.argv[1:5]
+to_app, from_app, timeout = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+job = job_from_options([prompts], model=model, db=db, batch_size=2, max_new_tokens=1, name=name)
+
+def handshake(i):
+    os.write(to_app, f"committed {i} {job.run_id}\n".encode())
+    answer, deadline = b"", time.monotonic() + timeout
+    while not answer.endswith(b"\n"):
+        ready, _, _ = select.select([from_app], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(from_app, 64) if ready else b""
+        if not chunk:
+            sys.exit(f"no 'read {i}' from the app test within {timeout:.0f} s")
+        answer += chunk
+    if answer.decode().strip() != f"read {i}":
+        sys.exit(f"expected 'read {i}', got {answer!r}")
+
+res = run_job(job, quiet=True, flush_rows=1, after_batch=handshake)
+print(res.status, res.route_rows)
 """
+LIVE_PROMPTS = [
+    "the cat sat on the mat",
+    "def f ( x ) : return x + 1",
+    "a big dog ran under the red rug",
+    "for x in y : print ( x * 2 )",
+    "one two three four five",
+    "if x = 0 : print ( y )",
+]  # 6 prompts, batches of 2: three commits
+TURN_TIMEOUT = 120.0
 
 
-def test_pages_render_while_a_writer_holds_and_releases_the_lock(store_copy, tmp_path, monkeypatch):
+def read_line(fd: int, timeout: float) -> str | None:
+    """One line from the job's pipe; None at end of file (it exited); fails after timeout."""
+    data, deadline = b"", time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise AssertionError(f"the collection job said nothing for {timeout:.0f} s")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return None
+        data += chunk
+    return data.decode().strip()
+
+
+def runs_row(at, run_id: str) -> dict:
+    """The Runs page's table row of run_id (re-rendered now)."""
+    goto(at, "runs")
+    table = at.dataframe[0].value
+    rows = table[table["run_id"] == run_id]
+    assert len(rows) == 1, table["run_id"].tolist()
+    return rows.iloc[0].to_dict()
+
+
+def stored(db: str, run_id: str) -> tuple[int, int, str]:
+    """(sequences, tokens, status) of run_id in the store right now."""
+    (n_seq,) = sql(db, "SELECT count(*) FROM sequences WHERE run_id = ?", [run_id])[0]
+    (n_tok,) = sql(db, "SELECT count(*) FROM tokens WHERE run_id = ?", [run_id])[0]
+    (status,) = sql(db, "SELECT status FROM runs WHERE run_id = ?", [run_id])[0]
+    return int(n_seq), int(n_tok), str(status)
+
+
+def test_pages_render_while_a_collection_job_writes(store_copy, tmp_path, monkeypatch):
+    """A real collection job writes into the store the app shows: after every commit the Runs
+    page, re-rendered, shows exactly the rows stored at that moment; while the job computes and
+    commits the next batch, the other pages render from the same file without an error."""
+    from tiny_models import build_tiny_olmoe, make_tokenizer
+
     db = store_copy["db"]
-    stop, counter = tmp_path / "stop", tmp_path / "count"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, db, str(stop), str(counter)])
+    model = tmp_path / "live-model"
+    build_tiny_olmoe(seed=7).save_pretrained(model)
+    make_tokenizer().save_pretrained(model)
+    prompts = tmp_path / "live.txt"
+    prompts.write_text("\n".join(LIVE_PROMPTS) + "\n", encoding="utf-8")
+    at = open_app(db, monkeypatch)
+    assert_clean(at)
+    from_job, job_out = os.pipe()
+    job_in, to_job = os.pipe()
+    out, err = tmp_path / "job.out", tmp_path / "job.err"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    with out.open("w") as out_f, err.open("w") as err_f:
+        job = subprocess.Popen(
+            [sys.executable, "-c", COLLECTOR, str(model), str(prompts), db, "live"]
+            + [str(job_out), str(job_in), str(TURN_TIMEOUT)],
+            stdout=out_f,
+            stderr=err_f,
+            env=env,
+            pass_fds=(job_out, job_in),
+        )
+    os.close(job_out)
+    os.close(job_in)
+    seen: list[tuple[int, int]] = []
+    between = itertools.cycle(["tokens", "experts", "locality", "sql"])
     try:
-        deadline = time.monotonic() + 30
-        while not counter.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert counter.exists(), "the writer never got the lock"
-        at = open_app(db, monkeypatch)
-        for page in ("runs", "tokens", "experts", "locality", "tokens", "runs"):
+        while (line := read_line(from_job, TURN_TIMEOUT)) is not None:
+            i = len(seen)
+            word, n, run_id = line.split()
+            assert (word, int(n)) == ("committed", i), line
+            # the job waits: the page must show exactly what the store holds now
+            n_seq, n_tok, status = stored(db, run_id)
+            assert n_seq == 2 * (i + 1) and status == "running"
+            row = runs_row(at, run_id)
+            assert (int(row["sequences"]), int(row["tokens"])) == (n_seq, n_tok)
+            assert row["status"] == "running"
+            seen.append((n_seq, n_tok))
+            os.write(to_job, f"read {i}\n".encode())
+            # the job computes and commits its next batch meanwhile: pages still render
+            page = next(between)
             goto(at, page)
-            assert chart_specs(at) or at.dataframe, page
-        goto(at, "sql")
-        at.button(key="run_named").click().run()  # the default named query, read-only
-        assert_clean(at)
-        cycles = int(counter.read_text())
+            assert chart_specs(at) or at.dataframe or page == "sql", page
+        job.wait(timeout=TURN_TIMEOUT)
     finally:
-        stop.write_text("stop")
-        writer.wait(timeout=30)
-    assert writer.returncode == 0
-    assert cycles >= 2  # the lock really changed hands while the pages rendered
-    assert sql(db, "SELECT value FROM meta WHERE key = 'writer_tick'")
+        if job.poll() is None:
+            job.kill()
+            job.wait(timeout=30)
+        os.close(from_job)
+        os.close(to_job)
+    assert job.returncode == 0, err.read_text()[-2000:]
+    assert out.read_text().split()[0] == "complete"
+    # three commits, each showing more rows than the one before
+    assert len(seen) == 3, seen
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(seen)), seen
+    n_seq, n_tok, status = stored(db, run_id)
+    assert (n_seq, status) == (len(LIVE_PROMPTS), "complete")
+    row = runs_row(at, run_id)
+    assert (int(row["sequences"]), int(row["tokens"]), row["status"]) == (n_seq, n_tok, status)
+    # the fixture's run is untouched and still listed with its counts
+    first = runs_row(at, store_copy["run_id"])
+    assert int(first["tokens"]) == store_copy["tokens"]
+    goto(at, "sql")
+    at.button(key="run_named").click().run()  # the default named query, read-only
+    assert_clean(at)
 
 
 def test_cli_builds_the_streamlit_command(monkeypatch, tmp_path):
