@@ -7,12 +7,12 @@ import sys
 from routescope.cli import (  # noqa: F401  (imported for their command registrations)
     analyze,
     collect,
-    compare,
     dashboard,
     demo,
     localize,
-    misc,
-    scale,
+    merge,
+    presets,
+    runs,
     sql,
     steer,
 )

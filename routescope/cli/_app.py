@@ -17,4 +17,3 @@ app = typer.Typer(
 )
 analyze_app = typer.Typer(help="Analyses over a collected run.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
-

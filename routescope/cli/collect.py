@@ -1,12 +1,18 @@
-"""CLI commands: collect (run a collection job from a TOML spec and/or flags)."""
+"""`routescope collect`: run a collection job from a TOML spec and/or flags, in one process, as a
+shard (--shard i/n, into its own DuckDB file or --parts DIR), or on Ray (--ray)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from routescope.cli._app import analyze_app, app  # noqa: F401
+from routescope.cli._app import app
+
+if TYPE_CHECKING:
+    from routescope.collect.jobs import JobSpec
+    from routescope.collect.runner import JobSteering, RunResult
 
 
 @app.command()
@@ -99,8 +105,6 @@ def collect(
     steering = job_steering(job)  # a preset or spec file, resolved above the collection layer
     try:
         if use_ray or shard is not None or parts is not None or address is not None:
-            from routescope.cli.scale import run_scaled
-
             result = run_scaled(job, steering, quiet, shard, parts, use_ray, address, workers)
         else:
             result = run_job(job, quiet=quiet, steering=steering)
@@ -118,3 +122,48 @@ def collect(
             if result.sequences_skipped:
                 msg += f"; {result.sequences_skipped} already stored were skipped"
         err.print(f"{msg} → {result.db}", highlight=False, soft_wrap=True)
+
+
+def run_scaled(
+    job: JobSpec,
+    steering: JobSteering | None,
+    quiet: bool,
+    shard: str | None,
+    parts: Path | None,
+    use_ray: bool,
+    address: str | None,
+    workers: int,
+) -> RunResult:
+    """Run a job as one shard (own DuckDB file or Parquet parts) or on Ray; returns its RunResult."""
+    from routescope.collect.runner import run_job
+    from routescope.collect.scaleout import ScaleOutError, Shard, run_ray
+    from routescope.store.parts import ParquetPartsStore
+    from routescope.store.writer import IntermittentStore
+
+    if use_ray:
+        if shard is not None or parts is not None:
+            raise ScaleOutError("--ray splits the job itself; leave out --shard and --parts")
+        return run_ray(job, steering=steering, address=address, workers=workers, quiet=quiet)
+    if address is not None:
+        raise ScaleOutError("--address is for --ray; add --ray or leave it out")
+    if shard is None:
+        raise ScaleOutError("--parts needs --shard i/n (the shard whose parts to write)")
+    sh = Shard.parse(shard)
+    # the shard's own output stands in for the job's db (in messages and results too)
+    if parts is not None:
+        with ParquetPartsStore(parts) as store:
+            return run_job(
+                job.with_overrides(db=str(parts)),
+                quiet=quiet,
+                select=sh,
+                store=store,
+                steering=steering,
+            )
+    shard_job = job.with_overrides(db=sh.default_db(job.db))
+    with IntermittentStore(shard_job.db) as writer:
+        if job.steering is not None:  # the run names its preset: the shard holds it too
+            from routescope.steering.presets import copy_preset
+
+            with writer.open() as st:
+                copy_preset(job.steering, job.db, st.con)
+        return run_job(shard_job, quiet=quiet, select=sh, store=writer, steering=steering)

@@ -86,7 +86,7 @@ def demo(
         runs = store.runs()
         domain_run = jobs[0].run_id
         trace = store.load_trace(domain_run)
-    from routescope.cli.misc import runs_table
+    from routescope.cli.runs import runs_table
 
     table = runs_table(runs, f"runs in {db}")
     console.print(table)

@@ -1,4 +1,4 @@
-"""CLI commands: `routescope steer` (effect of a steering spec) and `routescope presets …`.
+"""`routescope steer`: the effect of a steering spec.
 
 Thin shells over routescope.steering: specs come from a .toml/.json file or a named preset in the
 store; effects are log-likelihood changes against a random-expert baseline, or side-by-side
@@ -15,16 +15,8 @@ from typing import Any
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
+from routescope.cli._format import signed
 from routescope.core.errors import InvalidParameterError
-
-presets_app = typer.Typer(
-    help="Named steering presets stored in the database.", no_args_is_help=True
-)
-app.add_typer(presets_app, name="presets")
-
-
-def _num(x: float, digits: int = 4) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}"
 
 
 def _load_spec(spec: Path | None, preset: str | None, db: str) -> tuple[Any, str]:
@@ -173,7 +165,7 @@ def _side_by_side(
                 repr(r["token"]),
                 f"{r['logp_base']:.3f}",
                 f"{r['logp_steered']:.3f}",
-                _num(r["change"], 3),
+                signed(r["change"], 3),
             )
         out.print(table)
 
@@ -256,7 +248,7 @@ def _evaluate(
         table.add_column(c, justify="left" if c == "label" else "right")
 
     def row(name: str, texts: int, b: float, s: float, c: float, key: str) -> list[str]:
-        cells = [name, str(texts), f"{b:.4f}", f"{s:.4f}", _num(c)]
+        cells = [name, str(texts), f"{b:.4f}", f"{s:.4f}", signed(c)]
         if baseline is not None:
             bs = baseline[key]
             ratio = c / bs["mean"] if bs["mean"] != 0 else float("nan")
@@ -279,103 +271,3 @@ def _evaluate(
             f"random baseline: {rb.summary()['draws']} draws of {len(spec.edits)} experts from the "
             "same layers, same actions (seed {seed})".replace("{seed}", str(seed))
         )
-
-
-# ---- presets --------------------------------------------------------------------------------
-@presets_app.command("list")
-def presets_list(
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """List stored steering presets."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from routescope.steering.presets import list_presets
-    from routescope.store import RoutingStore
-
-    with RoutingStore(db, read_only=True) as store:
-        frame = list_presets(store.con)
-    out = Console()
-    if as_json:
-        out.print_json(json.dumps(frame.to_dicts(), default=str))
-        return
-    table = Table(title=f"steering presets in {db}")
-    for col in frame.columns:
-        table.add_column(col)
-    for r in frame.iter_rows():
-        table.add_row(*["" if v is None else str(v) for v in r])
-    out.print(table)
-
-
-@presets_app.command("show")
-def presets_show(
-    name: str = typer.Argument(..., help="Preset name (or id)."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
-) -> None:
-    """Print a preset (with its spec) as JSON."""
-    from rich.console import Console
-
-    from routescope.steering.presets import get_preset
-    from routescope.store import RoutingStore
-
-    with RoutingStore(db, read_only=True) as store:
-        p = get_preset(store.con, name)
-    Console().print_json(json.dumps(p.to_dict()))
-
-
-@presets_app.command("create")
-def presets_create(
-    name: str = typer.Argument(..., help="New preset name."),
-    spec: Path = typer.Option(..., "--spec", help="Steering spec file (.toml or .json)."),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Validate against this model ('demo', path or hub id)."
-    ),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
-) -> None:
-    """Store a spec file under a name (validated against --model when given)."""
-    from routescope.steering.presets import create_preset
-    from routescope.steering.spec import SteeringSpec
-    from routescope.store import RoutingStore
-
-    the_spec = SteeringSpec.from_file(spec)
-    shape = _shape_of(model) if model is not None else None
-    with RoutingStore(db) as store:
-        p = create_preset(store.con, name, the_spec, model_id=model, shape=shape)
-    typer.echo(f"created preset {p.name} ({p.preset_id}): {len(p.spec.edits)} edit(s)")
-
-
-@presets_app.command("update")
-def presets_update(
-    name: str = typer.Argument(..., help="Preset name (or id)."),
-    spec: Path | None = typer.Option(None, "--spec", help="Replace the spec with this file."),
-    rename: str | None = typer.Option(None, "--rename", help="New name."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Validate against this model."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
-) -> None:
-    """Replace a preset's spec, rename it, or re-validate it against a model."""
-    from routescope.steering.presets import update_preset
-    from routescope.steering.spec import SteeringSpec
-    from routescope.store import RoutingStore
-
-    the_spec = SteeringSpec.from_file(spec) if spec is not None else None
-    shape = _shape_of(model) if model is not None else None
-    with RoutingStore(db) as store:
-        p = update_preset(
-            store.con, name, spec=the_spec, model_id=model, shape=shape, new_name=rename
-        )
-    typer.echo(f"updated preset {p.name} ({p.preset_id}): {len(p.spec.edits)} edit(s)")
-
-
-@presets_app.command("delete")
-def presets_delete(
-    name: str = typer.Argument(..., help="Preset name (or id)."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
-) -> None:
-    """Delete a preset."""
-    from routescope.steering.presets import delete_preset
-    from routescope.store import RoutingStore
-
-    with RoutingStore(db) as store:
-        p = delete_preset(store.con, name)
-    typer.echo(f"deleted preset {p.name} ({p.preset_id})")

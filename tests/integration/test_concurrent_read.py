@@ -148,7 +148,7 @@ def test_reader_sees_monotone_counts_while_a_job_writes(tmp_path):
 def test_a_second_collection_into_the_same_store_is_refused_while_readers_are_not(tmp_path):
     """The collection lock: a second writer job stops with one line; readers still get in."""
     from routescope.core.errors import StoreError
-    from routescope.store.store import IntermittentStore
+    from routescope.store.writer import IntermittentStore
 
     db = tmp_path / "one.duckdb"
     first = IntermittentStore(db)

@@ -238,7 +238,7 @@ def test_scaleout_user_errors_are_one_line(tmp_path, monkeypatch, prompt_files, 
 def test_shards_of_a_job_steered_by_a_preset(tmp_path, model_dir, prompt_files):
     """A preset named by the job lives in the job's store: both shard forms resolve it from
     there, and the merged shards equal the steered single-process run."""
-    from routescope.cli.scale import run_scaled
+    from routescope.cli.collect import run_scaled
     from routescope.steering.presets import create_preset, job_steering
     from routescope.steering.spec import SteeringSpec
 

@@ -1,4 +1,5 @@
-"""CLI commands: runs (list the store's runs), export (a run as hive-partitioned Parquet)."""
+"""`routescope runs`, `routescope export` and `routescope migrate`: what a store holds, a run as
+Parquet, and converting a store written by an earlier version."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from routescope.cli._app import DEFAULT_DB, analyze_app, app  # noqa: F401
+from routescope.cli._app import DEFAULT_DB, app
 
 
 @app.command()
@@ -101,3 +102,36 @@ def runs_table(frame, title: str):
             str(row["status"]),
         )
     return table
+
+
+@app.command()
+def migrate(
+    db: str = typer.Argument(DEFAULT_DB, help="DuckDB store to convert in place."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Convert a store written by an earlier routescope to the current schema, in place (each
+    run's routes are rewritten clustered by layer; stored analysis results are dropped)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from routescope.core.errors import StoreError
+    from routescope.store.connect import connect_retrying
+    from routescope.store.layout import migrate as migrate_store
+    from routescope.store.layout import schema_version
+    from routescope.store.schema import SCHEMA_VERSION
+
+    if not Path(db).is_file():
+        raise StoreError(f"no DuckDB store at {db}; give the path of the file to convert")
+    err = Console(stderr=True, quiet=quiet)
+    con = connect_retrying(db, read_only=False, lock_timeout=30.0)
+    try:
+        before = schema_version(con)
+        with err.status(f"converting {db}…") as status:
+            changed = migrate_store(con, db, progress=lambda what: status.update(what))
+    finally:
+        con.close()
+    if changed:
+        err.print(f"converted {db} from store schema {before} to {SCHEMA_VERSION}")
+    else:
+        err.print(f"{db} is already at store schema {SCHEMA_VERSION}; nothing to do")

@@ -1,4 +1,4 @@
-"""CLI command: `routescope analyze saturation`, routing agreement between two runs."""
+"""`routescope analyze saturation`: how much two runs' routing agrees over the same tokens."""
 
 from __future__ import annotations
 

@@ -1,0 +1,8 @@
+"""`routescope analyze …`: one module per analysis, each a thin shell over routescope.analysis."""
+
+from routescope.cli.analyze import (  # noqa: F401  (imported for their command registrations)
+    cache,
+    consistency,
+    saturation,
+    specialization,
+)
