@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,19 @@ R = TypeVar("R")
 
 #: progress(done, total): route rows processed so far, of all (for a progress bar).
 Progress = Callable[[int, int], None]
+
+
+class Executor(Protocol):
+    """Runs a reduction over a source: in this process (the default) or elsewhere (Ray)."""
+
+    def run(
+        self,
+        source: TraceSource,
+        reduction: Reduction[Any, R],
+        *,
+        max_rows: int,
+        progress: Progress | None,
+    ) -> R: ...
 
 
 @dataclass(frozen=True)
@@ -153,3 +166,18 @@ def reduce_source(
 def add_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Merge for partials that are dicts of count arrays of equal shapes: element-wise sums."""
     return {key: a[key] + b[key] for key in a}
+
+
+def run_reduction(
+    data: Trace | TraceSource,
+    reduction: Reduction[Any, R],
+    *,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> R:
+    """What every analysis calls: the reduction over `data`, in this process unless an executor
+    (e.g. `routescope.analysis.ray_driver.RayExecutor`) is given. Same result either way."""
+    if executor is None:
+        return reduce_source(data, reduction, max_rows=max_rows, progress=progress)
+    return executor.run(as_source(data), reduction, max_rows=max_rows, progress=progress)

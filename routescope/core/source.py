@@ -83,9 +83,7 @@ class TraceSource(Protocol):
         (start, stop) reads only those sequences (indices in the source's order)."""
         ...
 
-    def select(
-        self, *, phase: str = "all", labels: Sequence[str] | None = None
-    ) -> TraceSource:
+    def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> TraceSource:
         """The same run narrowed to one phase and/or some labels (a clear error for unknown ones)."""
         ...
 

@@ -46,7 +46,9 @@ def connect_retrying(
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
-                raise StoreError(f"cannot open {path} as a DuckDB database: {first_line(str(exc))}") from None
+                raise StoreError(
+                    f"cannot open {path} as a DuckDB database: {first_line(str(exc))}"
+                ) from None
             if time.monotonic() + delay > deadline:
                 waited = f" after {lock_timeout:g} s" if lock_timeout > 0 else ""
                 raise StoreError(

@@ -135,9 +135,7 @@ def _create_parquet_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
             con.execute(f"DROP TABLE {table}")
             con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(select)} FROM {scan}")
     except duckdb.Error as exc:
-        raise StoreError(
-            f"cannot read the Parquet export {root}: {first_line(str(exc))}"
-        ) from None
+        raise StoreError(f"cannot read the Parquet export {root}: {first_line(str(exc))}") from None
     if found == 0:
         raise StoreError(
             f"{root} is a directory but not a routescope Parquet export (no runs/, routes/, … "

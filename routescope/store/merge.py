@@ -265,5 +265,7 @@ def tables_source(tables: dict[str, pa.Table]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute(DDL)
     for table, tbl in tables.items():
-        insert_arrow(con, table, tbl, "INSERT OR REPLACE" if table in ("runs", "meta") else "INSERT")
+        insert_arrow(
+            con, table, tbl, "INSERT OR REPLACE" if table in ("runs", "meta") else "INSERT"
+        )
     return con

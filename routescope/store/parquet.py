@@ -47,7 +47,9 @@ def export_parquet(store: RoutingStore, run: str | None, directory: str | Path) 
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for table, parts in PARTITIONS.items():
-        n = store.con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        n = store.con.execute(
+            f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]
+        ).fetchall()[0][0]
         target = root / table
         old = target / f"run_id={run_id}"
         if old.exists():

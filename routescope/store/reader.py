@@ -140,8 +140,14 @@ class StoreReader:
         seq_ids: Sequence[int] | None = None,
     ) -> StoreSource:
         """The run as a `TraceSource`: chunks of whole sequences, read on demand (DESIGN §7)."""
+        reopen = None if self.path == ":memory:" else self.path
         return StoreSource(
-            self.con, self.resolve_run(run), phase=phase, labels=labels, seq_ids=seq_ids
+            self.con,
+            self.resolve_run(run),
+            phase=phase,
+            labels=labels,
+            seq_ids=seq_ids,
+            path=reopen,
         )
 
     def load_trace(
@@ -168,7 +174,9 @@ class StoreReader:
             raise StoreError(f"run {src.run_id} has no sequence {seq_id}")
         return src.read(0, 1)
 
-    def token_strings(self, run: str | None = None, token_ids: Sequence[int] | None = None) -> dict[int, str]:
+    def token_strings(
+        self, run: str | None = None, token_ids: Sequence[int] | None = None
+    ) -> dict[int, str]:
         """Token id → its text as recorded in the run (only `token_ids` when given)."""
         run_id = self.resolve_run(run)
         where, params = "run_id = $run", {"run": run_id}

@@ -22,7 +22,7 @@ from routescope.core.canonical import canonical_json
 from routescope.store.connect import READER_LOCK_TIMEOUT, connect_retrying
 
 #: Arguments of an analysis that do not change its result (left out of keys).
-NOT_PARAMETERS = frozenset({"progress"})
+NOT_PARAMETERS = frozenset({"progress", "max_rows", "executor"})
 
 _INSERT = (
     "INSERT OR REPLACE INTO analysis_results (run_id, kind, params_key, params, result) "

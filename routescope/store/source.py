@@ -32,7 +32,9 @@ def list_column_to_numpy(col: pa.ChunkedArray | pa.Array, dtype: type, width: in
             continue
         offsets = chunk.offsets.to_numpy()
         if np.any(np.diff(offsets) != width):
-            raise StoreError(f"a stored list has a length other than {width}; the run is inconsistent")
+            raise StoreError(
+                f"a stored list has a length other than {width}; the run is inconsistent"
+            )
         parts.append(chunk.flatten().to_numpy(zero_copy_only=False))
     if not parts:
         return np.zeros(0, dtype=dtype)
@@ -54,8 +56,11 @@ class StoreSource:
         phase: str = "all",
         labels: Sequence[str] | None = None,
         seq_ids: Sequence[int] | None = None,
+        path: str | None = None,
     ) -> None:
         self.con = con
+        self.path = path  # where to reopen it (another process, a Ray worker); None: in memory
+        self._seq_filter = None if seq_ids is None else [int(x) for x in seq_ids]
         self.run_id = run_id
         self.phase = check_phase(phase)
         self.labels = None if labels is None else [str(x) for x in labels]
@@ -130,6 +135,15 @@ class StoreSource:
     def info(self) -> SourceInfo:
         return self._info
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as where to reopen it: a Ray worker reads the same file or Parquet dataset."""
+        if self.path is None:
+            raise StoreError(
+                "this source reads an in-memory store, which another process cannot open; "
+                "write the run to a DuckDB file or export it (`routescope export RUN --parquet DIR`)"
+            )
+        return open_source, (self.path, self.run_id, self.phase, self.labels, self._seq_filter)
+
     @property
     def seq_ids(self) -> np.ndarray:
         """int64[S]: the stored seq_id of each sequence, in source order."""
@@ -155,6 +169,8 @@ class StoreSource:
             self.run_id,
             phase=phase if phase != "all" else self.phase,
             labels=labels if labels is not None else self.labels,
+            seq_ids=self._seq_filter,
+            path=self.path,
         )
 
     def chunks(
@@ -189,7 +205,9 @@ class StoreSource:
                 "hi": int(ids[-1]),
                 "layers": list(sel),
             }
-            in_chunk = "seq_id BETWEEN $lo AND $hi AND seq_id IN (SELECT seq_id FROM _rs_chunk_seqs)"
+            in_chunk = (
+                "seq_id BETWEEN $lo AND $hi AND seq_id IN (SELECT seq_id FROM _rs_chunk_seqs)"
+            )
             toks = self.con.sql(
                 f"SELECT seq_id, pos, token_id, phase, in_target FROM tokens "
                 f"WHERE run_id = $run AND {in_chunk}",
@@ -217,11 +235,15 @@ class StoreSource:
         ).to_numpy().astype(np.int64)
         lay_col = np.full(int(max(self._info.layers, default=0)) + 1, -1, dtype=np.int64)
         lay_col[list(sel)] = np.arange(n_lay)
-        dest = np.searchsorted(t_key, r_key) * n_lay + lay_col[
-            routes.column("layer").to_numpy().astype(np.int64)
-        ]
+        dest = (
+            np.searchsorted(t_key, r_key) * n_lay
+            + lay_col[routes.column("layer").to_numpy().astype(np.int64)]
+        )
         if routes.num_rows != n_all * n_lay or (
-            n_all and not np.array_equal(np.bincount(dest, minlength=n_all * n_lay), np.ones(n_all * n_lay, np.int64))
+            n_all
+            and not np.array_equal(
+                np.bincount(dest, minlength=n_all * n_lay), np.ones(n_all * n_lay, np.int64)
+            )
         ):
             raise StoreError(
                 f"run {self.run_id} is inconsistent: {routes.num_rows} route rows for {n_all} "
@@ -239,7 +261,9 @@ class StoreSource:
         extra = {
             "token_ids": toks.column("token_id").to_numpy().astype(np.int64)[order],
             "positions": t_pos[order].astype(np.int32),
-            "in_target": toks.column("in_target").to_numpy(zero_copy_only=False).astype(bool)[order],
+            "in_target": toks.column("in_target")
+            .to_numpy(zero_copy_only=False)
+            .astype(bool)[order],
             "phase": phase,
         }
         if self.phase != "all":  # keep only this source's phase
@@ -281,3 +305,24 @@ class StoreSource:
             meta=dict(self._info.meta),
             **extra,
         )
+
+
+def open_source(
+    path: str,
+    run_id: str,
+    phase: str = "all",
+    labels: Sequence[str] | None = None,
+    seq_ids: Sequence[int] | None = None,
+) -> StoreSource:
+    """A run of the store at `path` (DuckDB file, read-only, or Parquet export) as a source; the
+    connection lives as long as the source."""
+    from routescope.store.dataset import connect_store
+
+    return StoreSource(
+        connect_store(path, read_only=True),
+        run_id,
+        phase=phase,
+        labels=labels,
+        seq_ids=seq_ids,
+        path=path,
+    )

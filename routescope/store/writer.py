@@ -143,7 +143,9 @@ def batch_tables(
     return tables
 
 
-def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, tbl: pa.Table, verb: str = "INSERT") -> None:
+def insert_arrow(
+    con: duckdb.DuckDBPyConnection, table: str, tbl: pa.Table, verb: str = "INSERT"
+) -> None:
     """`verb INTO table SELECT … FROM` an Arrow table (no Python loop over rows)."""
     con.register("_rs_batch", tbl)
     try:
@@ -265,7 +267,9 @@ class StoreWriter:
 
     def stored_seq_ids(self, run_id: str) -> set[int]:
         """Sequence ids already written for the run (these are skipped on resume)."""
-        rows = self.con.execute("SELECT seq_id FROM sequences WHERE run_id = ?", [run_id]).fetchall()
+        rows = self.con.execute(
+            "SELECT seq_id FROM sequences WHERE run_id = ?", [run_id]
+        ).fetchall()
         return {int(r[0]) for r in rows}
 
     def write_batch(
