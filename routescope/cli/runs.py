@@ -132,6 +132,14 @@ def migrate(
     finally:
         con.close()
     if changed:
-        err.print(f"converted {db} from store schema {before} to {SCHEMA_VERSION}")
+        err.print(
+            f"converted {db} from store schema {before} to {SCHEMA_VERSION}",
+            soft_wrap=True,
+            highlight=False,
+        )
     else:
-        err.print(f"{db} is already at store schema {SCHEMA_VERSION}; nothing to do")
+        err.print(
+            f"{db} is already at store schema {SCHEMA_VERSION}; nothing to do",
+            soft_wrap=True,
+            highlight=False,
+        )
