@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 APP_DIR = Path(__file__).resolve().parents[3] / "app"
 MAIN = APP_DIR / "main.py"
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))  # the tests import the app's page table, `pages`
 
 PROSE = [
     "the cat sat on the mat",

@@ -15,21 +15,15 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pages as manifest  # app/pages.py (conftest puts app/ on sys.path)
 import pytest
 
 pytestmark = pytest.mark.e2e
 
 MAIN = Path(__file__).resolve().parents[3] / "app" / "main.py"
 
-PAGES = {
-    "runs": "views/1_runs.py",
-    "tokens": "views/2_tokens.py",
-    "experts": "views/3_experts.py",
-    "locality": "views/4_locality.py",
-    "localization": "views/5_localization.py",
-    "steering": "views/6_steering.py",
-    "sql": "views/7_sql.py",
-}
+#: key → script (relative to app/) of every page with a script, from the app's page table
+PAGES = manifest.scripts()
 
 
 def open_app(db: str, monkeypatch: pytest.MonkeyPatch):
@@ -88,6 +82,21 @@ def sql(db: str, q: str, params: list | None = None) -> list[tuple]:
         return con.execute(q, params or []).fetchall()
     finally:
         con.close()
+
+
+# ---- the page table ------------------------------------------------------------------------------
+def test_page_table_is_consistent_and_matches_the_readme():
+    manifest.check()
+    assert manifest.page("start").default and manifest.page("start").switch_to == "runs"
+    # the README's page table lists the sidebar's pages, in order
+    readme = (MAIN.parent / "README.md").read_text(encoding="utf-8").splitlines()
+    start = readme.index("| page | shows |")
+    rows = []
+    for line in readme[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[1].strip())
+    assert rows == [p.title for p in manifest.visible()]
 
 
 # ---- every page renders, with the expected widgets and charts ----------------------------------
@@ -672,7 +681,9 @@ def test_every_read_only_page_works_on_a_parquet_export(fixture_store, tmp_path,
         export_parquet(store, fixture_store["run_id"], out)
     at = open_app(str(out), monkeypatch)
     assert at.selectbox(key="_run_widget").value == fixture_store["run_id"]
-    for page in ("runs", "tokens", "experts", "locality", "localization", "sql"):
+    read_only = [p.key for p in manifest.PAGES if p.file and p.read_only_ok]
+    assert {"runs", "tokens", "experts", "locality", "localization", "sql"} <= set(read_only)
+    for page in read_only:
         goto(at, page)
     goto(at, "runs")
     table = at.dataframe[0].value
