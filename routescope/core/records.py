@@ -20,8 +20,12 @@ class BatchRouting:
     positions:   int32[N]        position within the sequence (0-based, pads not counted)
     phase:       uint8[N]        0 = prefill, 1 = decode (a generated token, routed when it was fed)
     experts:     int16[N, L, k]  routed expert ids in rank order (rank 0 = highest score)
-    weights:     float32[N, L, k] gate weights as the model used them
+    weights:     float32[N, L, k] gate weights as the model used them (None: an imported trace
+                                  that records experts only)
     probs:       float32[N, L, E] full router distribution, or None when not asked for
+    speculative: int16[N, L, D, m] for distance d = 1..D, layer l's router applied to the router
+                                  input of layer l - d (the same token), its top-m experts in rank
+                                  order; -1 where l - d does not exist. None when not recorded.
     """
 
     seq_offsets: np.ndarray
@@ -29,8 +33,9 @@ class BatchRouting:
     positions: np.ndarray
     phase: np.ndarray
     experts: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
     probs: np.ndarray | None = None
+    speculative: np.ndarray | None = None
 
     @property
     def num_sequences(self) -> int:

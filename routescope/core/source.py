@@ -38,6 +38,9 @@ class SourceInfo:
     labels: tuple[str, ...] = ()
     prompt_sets: tuple[str, ...] = ()
     has_weights: bool = True
+    #: speculative rankings recorded: distances 1..D, top-m each (0, 0 when none)
+    speculative_distances: int = 0
+    speculative_width: int = 0
     run_id: str | None = None
     model_id: str | None = None
     phase: str = "all"
@@ -77,10 +80,12 @@ class TraceSource(Protocol):
         max_rows: int = DEFAULT_CHUNK_ROWS,
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
+        with_speculative: bool = False,
     ) -> Iterator[Trace]:
         """Chunks of whole sequences in order; `layers` narrows the layers (in the given order),
-        `align` puts chunk boundaries at multiples of that many sequences, and `seq_range`
-        (start, stop) reads only those sequences (indices in the source's order)."""
+        `align` puts chunk boundaries at multiples of that many sequences, `seq_range`
+        (start, stop) reads only those sequences (indices in the source's order), and
+        `with_speculative` also reads the recorded speculative rankings (prefetch analyses)."""
         ...
 
     def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> TraceSource:
@@ -107,7 +112,7 @@ def plan_chunks(
     chunks: list[tuple[int, int]] = []
     lo, rows = 0, 0
     for g, size in enumerate(group_rows.tolist()):
-        if rows and rows + size > max_rows:
+        if g > 0 and int(starts[g]) > lo and rows + size > max_rows:
             hi = int(starts[g])
             chunks.append((lo, hi))
             lo, rows = hi, 0
@@ -139,6 +144,8 @@ class InMemorySource:
             labels=labels,
             prompt_sets=sets,
             has_weights=trace.has_weights,
+            speculative_distances=0 if trace.speculative is None else trace.speculative.shape[2],
+            speculative_width=0 if trace.speculative is None else trace.speculative.shape[3],
             run_id=trace.run_id,
             model_id=trace.model_id,
             meta=dict(trace.meta),
@@ -158,6 +165,7 @@ class InMemorySource:
         max_rows: int = DEFAULT_CHUNK_ROWS,
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
+        with_speculative: bool = False,
     ) -> Iterator[Trace]:
         sel = self._info.check_layers(layers)
         start, stop = seq_range if seq_range is not None else (0, self.trace.num_sequences)

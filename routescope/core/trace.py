@@ -33,6 +33,8 @@ class Trace:
     seq_ids:     int64[S]        sequence ids as stored
     prompt_sets: object[S]       name of the prompt set each sequence came from
     prompt_ids:  object[S]       prompt id within its set
+    speculative: int16[N, L, D, m] or None: for distance d = 1..D, layer l's router applied to the
+                                  router input of layer l - d, top-m experts (-1: no such layer)
     """
 
     experts: np.ndarray
@@ -49,6 +51,7 @@ class Trace:
     seq_ids: np.ndarray | None = None
     prompt_sets: np.ndarray | None = None
     prompt_ids: np.ndarray | None = None
+    speculative: np.ndarray | None = None
     run_id: str | None = None
     model_id: str | None = None
     meta: dict = field(default_factory=dict)
@@ -64,6 +67,8 @@ class Trace:
             raise ValueError("experts.shape[1] must equal len(layers)")
         if self.experts.shape[2] != self.top_k:
             raise ValueError("experts.shape[2] must equal top_k")
+        if self.speculative is not None and self.speculative.shape[:2] != self.experts.shape[:2]:
+            raise ValueError("speculative must be [N, L, D, m] with the experts' N and L")
         if s < 0 or self.seq_offsets[0] != 0 or self.seq_offsets[-1] != n:
             raise ValueError("seq_offsets must start at 0 and end at the number of token rows")
         if np.any(np.diff(self.seq_offsets) < 0):
@@ -155,6 +160,7 @@ class Trace:
             self,
             experts=self.experts[mask],
             weights=None if self.weights is None else self.weights[mask],
+            speculative=None if self.speculative is None else self.speculative[mask],
             seq_offsets=offsets,
             phase=self.phase[mask],
             token_ids=self.token_ids[mask],
@@ -175,6 +181,7 @@ class Trace:
             self,
             experts=self.experts[lo:hi],
             weights=None if self.weights is None else self.weights[lo:hi],
+            speculative=None if self.speculative is None else self.speculative[lo:hi],
             seq_offsets=self.seq_offsets[start : stop + 1] - lo,
             phase=self.phase[lo:hi],
             token_ids=self.token_ids[lo:hi],
@@ -217,6 +224,7 @@ class Trace:
             self,
             experts=self.experts[:, cols, :],
             weights=None if self.weights is None else self.weights[:, cols, :],
+            speculative=None if self.speculative is None else self.speculative[:, cols],
             layers=tuple(int(x) for x in layers),
         )
 

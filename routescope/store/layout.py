@@ -27,6 +27,7 @@ CLUSTERED = "layer-major"
 _CLUSTER_ORDER = {
     "routes": "layer, seq_id, pos",
     "router_probs": "layer, seq_id, pos",
+    "speculative_routes": "layer, distance, seq_id, pos",
     "tokens": "seq_id, pos",
 }
 

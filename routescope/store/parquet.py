@@ -25,6 +25,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "tokens": ("run_id",),
     "routes": ("run_id", "layer"),
     "router_probs": ("run_id", "layer"),
+    "speculative_routes": ("run_id", "layer"),
 }
 _ORDER = {
     "runs": "run_id",
@@ -32,6 +33,7 @@ _ORDER = {
     "tokens": "seq_id, pos",
     "routes": "layer, seq_id, pos",
     "router_probs": "layer, seq_id, pos",
+    "speculative_routes": "layer, distance, seq_id, pos",
 }
 _HIVE_TYPES = {"run_id": "VARCHAR", "layer": "SMALLINT"}
 
@@ -55,7 +57,7 @@ def export_parquet(store: RoutingStore, run: str | None, directory: str | Path) 
         if old.exists():
             shutil.rmtree(old)
         counts[table] = int(n)
-        if n == 0 and table == "router_probs":
+        if n == 0 and table in ("router_probs", "speculative_routes"):
             continue
         target.mkdir(parents=True, exist_ok=True)
         order = _ORDER[table]

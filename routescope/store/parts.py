@@ -28,6 +28,7 @@ _KEYS = {
     "tokens": "seq_id, pos",
     "routes": "layer, seq_id, pos",
     "router_probs": "layer, seq_id, pos",
+    "speculative_routes": "layer, distance, seq_id, pos",
 }
 
 
@@ -155,10 +156,10 @@ class ParquetPartsStore:
             con.execute(f"DELETE FROM {table}")
         rows = self.mem.write_batch(run_id, seqs_meta, batch, token_texts, in_target)
         token = uuid.uuid4().hex
-        for table in ("router_probs", "routes", "tokens"):
+        for table in ("speculative_routes", "router_probs", "routes", "tokens"):
             if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] == 0:
                 continue
-            parts = "run_id, layer" if table in ("routes", "router_probs") else "run_id"
+            parts = "run_id" if table == "tokens" else "run_id, layer"
             con.execute(
                 f"COPY (SELECT * FROM {table} ORDER BY {_KEYS[table]}) TO "
                 f"{_sql_str(str(self.root / table))} (FORMAT parquet, PARTITION_BY ({parts}), "

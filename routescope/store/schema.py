@@ -73,6 +73,14 @@ CREATE TABLE IF NOT EXISTS router_probs (
     layer SMALLINT,
     probs FLOAT[]
 );
+CREATE TABLE IF NOT EXISTS speculative_routes (
+    run_id VARCHAR,
+    seq_id BIGINT,
+    pos INTEGER,
+    layer SMALLINT,
+    distance SMALLINT,
+    experts SMALLINT[]
+);
 CREATE TABLE IF NOT EXISTS steering_presets (
     preset_id VARCHAR PRIMARY KEY,
     name VARCHAR UNIQUE,

@@ -72,6 +72,11 @@ class StoreSource:
         if not rows:
             raise StoreError(f"no run {run_id!r} in this store")
         num_experts, top_k, model_id, moe_layers, has_weights, config = rows[0]
+        spec_shape = con.execute(
+            "SELECT coalesce(max(distance), 0), coalesce(max(len(experts)), 0) "
+            "FROM speculative_routes WHERE run_id = ?",
+            [run_id],
+        ).fetchall()[0]
         meta: dict[str, Any] = {}
         if config:
             cfg = json.loads(config) if isinstance(config, str) else config
@@ -125,6 +130,8 @@ class StoreSource:
             labels=tuple(sel_labels),
             prompt_sets=tuple(sets),
             has_weights=bool(has_weights),
+            speculative_distances=int(spec_shape[0]),
+            speculative_width=int(spec_shape[1]),
             run_id=run_id,
             model_id=model_id,
             phase=self.phase,
@@ -180,13 +187,20 @@ class StoreSource:
         max_rows: int = DEFAULT_CHUNK_ROWS,
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
+        with_speculative: bool = False,
     ) -> Iterator[Trace]:
         sel = self._info.check_layers(layers)
         start, stop = seq_range if seq_range is not None else (0, len(self._seq_ids))
         for lo, hi in plan_chunks(self._lengths[start:stop], len(sel), max_rows, align):
-            yield self.read(start + lo, start + hi, sel)
+            yield self.read(start + lo, start + hi, sel, with_speculative)
 
-    def read(self, start: int, stop: int, layers: Sequence[int] | None = None) -> Trace:
+    def read(
+        self,
+        start: int,
+        stop: int,
+        layers: Sequence[int] | None = None,
+        with_speculative: bool = False,
+    ) -> Trace:
         """Sequences start..stop-1 (source order) with `layers` (all by default) as a Trace."""
         sel = self._info.check_layers(layers)
         ids = self._seq_ids[start:stop]
@@ -218,6 +232,13 @@ class StoreSource:
                 f"WHERE run_id = $run AND {in_chunk} AND list_contains($layers, layer)",
                 params=params,
             ).to_arrow_table()
+            spec_rows = None
+            if with_speculative and self._info.speculative_distances:
+                spec_rows = self.con.sql(
+                    f"SELECT seq_id, pos, layer, distance, experts FROM speculative_routes "
+                    f"WHERE run_id = $run AND {in_chunk} AND list_contains($layers, layer)",
+                    params=params,
+                ).to_arrow_table()
         finally:
             self.con.unregister("_rs_chunk_seqs")
         # tokens in (sequence, position) order
@@ -258,6 +279,9 @@ class StoreSource:
             weights = np.empty((n_all * n_lay, k), dtype=np.float32)
             weights[dest] = list_column_to_numpy(wcol, np.float32, k).reshape(-1, k)
             weights = weights.reshape(n_all, n_lay, k)
+        speculative = None
+        if spec_rows is not None:
+            speculative = self._speculative(spec_rows, t_key, lay_col, n_all, n_lay)
         extra = {
             "token_ids": toks.column("token_id").to_numpy().astype(np.int64)[order],
             "positions": t_pos[order].astype(np.int32),
@@ -270,13 +294,31 @@ class StoreSource:
             keep = phase == PHASES.index(self.phase)
             experts = experts[keep]
             weights = None if weights is None else weights[keep]
+            speculative = None if speculative is None else speculative[keep]
             extra = {name: arr[keep] for name, arr in extra.items()}
         if len(experts) != n_tok:
             raise StoreError(
                 f"run {self.run_id} changed while it was read ({len(experts)} token rows, "
                 f"expected {n_tok}); read it again once the job has committed"
             )
-        return self._trace(start, stop, sel, experts, weights, extra)
+        return self._trace(start, stop, sel, experts, weights, extra, speculative)
+
+    def _speculative(
+        self, rows: pa.Table, t_key: np.ndarray, lay_col: np.ndarray, n_tok: int, n_lay: int
+    ) -> np.ndarray:
+        """int16[N, L, D, m] from speculative_routes rows (any physical order)."""
+        d_max, m = self._info.speculative_distances, self._info.speculative_width
+        r_key = rows.column("seq_id").to_numpy().astype(np.int64) << 32 | rows.column(
+            "pos"
+        ).to_numpy().astype(np.int64)
+        tok = np.searchsorted(t_key, r_key)
+        lay = lay_col[rows.column("layer").to_numpy().astype(np.int64)]
+        dist = rows.column("distance").to_numpy().astype(np.int64) - 1
+        out = np.full((n_tok, n_lay, d_max, m), -1, dtype=np.int16)
+        out[tok, lay, dist] = list_column_to_numpy(rows.column("experts"), np.int16, m).reshape(
+            -1, m
+        )
+        return out
 
     def _trace(
         self,
@@ -286,6 +328,7 @@ class StoreSource:
         experts: np.ndarray,
         weights: np.ndarray | None,
         extra: dict[str, np.ndarray],
+        speculative: np.ndarray | None = None,
     ) -> Trace:
         lengths = self._lengths[start:stop]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -303,6 +346,7 @@ class StoreSource:
             run_id=self.run_id,
             model_id=self._info.model_id,
             meta=dict(self._info.meta),
+            speculative=speculative,
             **extra,
         )
 

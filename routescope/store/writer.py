@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 SHAPE_KEYS = ("model_id", "num_layers", "moe_layers", "num_experts", "top_k")
 
 #: Tables that hold a run's routing, in the order a batch writes them.
-RUN_TABLES = ("sequences", "tokens", "routes", "router_probs")
+RUN_TABLES = ("sequences", "tokens", "routes", "router_probs", "speculative_routes")
 
 
 def fixed_lists(arr: np.ndarray, dtype: type, width: int) -> pa.ListArray:
@@ -140,7 +140,29 @@ def batch_tables(
         tables["router_probs"] = pa.table(
             {**route_cols, "probs": fixed_lists(batch.probs, np.float32, e)}
         )
+    if batch.speculative is not None:
+        tables["speculative_routes"] = _speculative_table(
+            run_id, layers, row_seq, positions, batch.speculative
+        )
     return tables
+
+
+def _speculative_table(
+    run_id: str, layers: Sequence[int], row_seq: np.ndarray, positions: np.ndarray, spec: np.ndarray
+) -> pa.Table:
+    """Rows (token, layer, distance) of the speculative rankings int16[N, L, D, m]."""
+    n, n_lay, dist, m = spec.shape
+    rows = n * n_lay * dist
+    return pa.table(
+        {
+            "run_id": _dictionary(run_id, rows),
+            "seq_id": pa.array(np.repeat(row_seq, n_lay * dist)),
+            "pos": pa.array(np.repeat(positions, n_lay * dist)),
+            "layer": pa.array(np.tile(np.repeat(np.asarray(layers, dtype=np.int16), dist), n)),
+            "distance": pa.array(np.tile(np.arange(1, dist + 1, dtype=np.int16), n * n_lay)),
+            "experts": fixed_lists(spec, np.int16, m),
+        }
+    )
 
 
 def insert_arrow(

@@ -203,3 +203,35 @@ def test_plan_chunks_covers_in_order_and_respects_the_bounds(lengths, layers, ma
         rows = sum(lengths[a:b]) * layers
         one_group = b - a <= align
         assert rows <= max_rows or one_group
+
+
+def test_speculative_rankings_round_trip(tmp_path):
+    """Recorded speculative rankings [N, L, D, m] come back in token order, only when asked."""
+    import dataclasses
+
+    rng = np.random.default_rng(2)
+    seqs = _seqs()
+    path = str(tmp_path / "spec.duckdb")
+    want = {}
+    with RoutingStore(path) as store:
+        new_run(store)
+        for order in ([3, 1], [0, 2]):
+            batch = batch_of([seqs[i] for i in order])
+            spec = rng.integers(-1, 8, (batch.num_tokens, len(LAYERS), 2, 4)).astype(np.int16)
+            store.write_batch(
+                "run-a",
+                [{"seq_id": i} for i in order],
+                dataclasses.replace(batch, speculative=spec),
+            )
+            for b, i in enumerate(order):
+                want[i] = spec[batch.sequence(b)]
+        store.finish_run("run-a")
+        src = store.source("run-a")
+        assert (src.info.speculative_distances, src.info.speculative_width) == (2, 4)
+        got = list(src.chunks(max_rows=9, with_speculative=True))
+        assert all(c.speculative is None for c in src.chunks())
+        sub = list(src.select(phase="prefill").chunks(layers=[3], with_speculative=True))
+    expect = np.concatenate([want[i] for i in sorted(want)])
+    assert np.array_equal(np.concatenate([c.speculative for c in got]), expect)
+    pre = np.concatenate([want[i][seqs[i]["phase"] == 0][:, [2]] for i in sorted(want)])
+    assert np.array_equal(np.concatenate([c.speculative for c in sub]), pre)
