@@ -363,10 +363,6 @@ def delete_preset(db: str, preset_id: str) -> None:
 
 def model_shape(info: dict[str, Any]) -> Any:
     """The run's `ModelShape` (what a steering spec is validated against)."""
-    from routescope.steering.spec import ModelShape
+    from routescope.core.shape import ModelShape
 
-    return ModelShape(
-        moe_layers=tuple(int(x) for x in info["moe_layers"]),
-        num_experts=int(info["num_experts"]),
-        top_k=int(info["top_k"]),
-    )
+    return ModelShape.from_run_info(info)

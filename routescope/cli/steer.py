@@ -43,21 +43,10 @@ def _load_model(model: str) -> Any:
 
 def _shape_of(model: str) -> Any:
     """A model's (MoE layers, E, k) from its config alone, without loading weights."""
-    from transformers import AutoConfig
-
     from routescope.collect.runner import resolve_model_path
-    from routescope.models.adapters import adapter_for
-    from routescope.models.loading import ModelLoadError
-    from routescope.steering.spec import ModelShape
+    from routescope.models.loading import config_shape
 
-    path = resolve_model_path(model)
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot read the config of {model!r}: {first}") from None
-    ad = adapter_for(cfg)
-    return ModelShape(moe_layers=tuple(ad.moe_layers), num_experts=ad.num_experts, top_k=ad.top_k)
+    return config_shape(resolve_model_path(model))
 
 
 @app.command("steer")

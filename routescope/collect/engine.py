@@ -89,19 +89,6 @@ def _generation_options(lm: LoadedModel, generation: dict | None) -> dict[str, A
     return opts
 
 
-def _pad_id(lm: LoadedModel) -> int:
-    for candidate in (
-        lm.model.config.pad_token_id,
-        getattr(lm.tokenizer, "pad_token_id", None),
-        lm.model.config.eos_token_id,
-    ):
-        if isinstance(candidate, list | tuple):
-            candidate = candidate[0] if candidate else None
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
 def _next_tokens(
     logits: torch.Tensor, opts: dict[str, Any], generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -237,7 +224,7 @@ def collect_batch(
     batch = len(input_ids)
     lengths = torch.tensor([len(s) for s in input_ids])
     width = int(lengths.max())
-    pad = _pad_id(lm)
+    pad = lm.pad_token_id
 
     ids = torch.full((batch, width), pad, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)

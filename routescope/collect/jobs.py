@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from routescope.core.errors import RoutescopeError
+from routescope.models.dtypes import DTYPES
 
 DEMO_MODEL = "demo"
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 class JobSpecError(RoutescopeError):

@@ -2,6 +2,7 @@
 
 ``LoadedModel`` is what the collection engine, the steering module and the CLI pass around: the HF
 model in eval mode, its tokenizer, the adapter that knows its routers, and a cached nnsight wrapper.
+``config_shape`` answers "which MoE layers, E, k" from a model's config alone (no weights).
 """
 
 from __future__ import annotations
@@ -11,14 +12,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from routescope.core.errors import RoutescopeError, UnsupportedModelError
-from routescope.models.adapters import SUPPORTED_FAMILIES, MoEAdapter, adapter_for
+from routescope.core.shape import ModelShape
+from routescope.models.adapters import MoEAdapter, adapter_for
+from routescope.models.dtypes import DTYPES
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["SUPPORTED_FAMILIES", "LoadedModel", "ModelLoadError", "adapter_for", "load_model"]
-
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
+__all__ = [
+    "DEMO_MODEL_ID",
+    "LoadedModel",
+    "ModelLoadError",
+    "adapter_for",
+    "config_shape",
+    "load_model",
+]
 
 
 class ModelLoadError(RoutescopeError):
@@ -99,6 +107,27 @@ class LoadedModel:
     def norm_topk_prob(self) -> bool:
         return self.adapter.norm_topk_prob
 
+    @property
+    def shape(self) -> ModelShape:
+        """MoE layers, E and k: what a steering spec is validated against."""
+        return self.adapter.shape
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id put in padded positions: the config's pad token, else the tokenizer's, else
+        EOS, else 0. Padded positions are masked out, so any id inside the vocabulary serves;
+        this is also the ``pad_token_id`` given to ``generate``."""
+        for candidate in (
+            self.model.config.pad_token_id,
+            getattr(self.tokenizer, "pad_token_id", None),
+            self.model.config.eos_token_id,
+        ):
+            if isinstance(candidate, list | tuple):
+                candidate = candidate[0] if candidate else None
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
     # ---- tracing -------------------------------------------------------------------------------
     @property
     def nnsight(self) -> Any:
@@ -133,6 +162,45 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _read_config(
+    model: str, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[str, PretrainedConfig]:
+    """``(resolved path or hub id, its transformers config)``; one-line `ModelLoadError` for a
+    missing path, a directory that is not a model, or a config that cannot be read."""
+    model = os.path.expanduser(_demo_alias(model))
+    looks_like_path = model.startswith(("/", "./", "../")) or model.count("/") > 1
+    if looks_like_path and not os.path.exists(model):
+        raise ModelLoadError(
+            f"model path {model!r} does not exist: pass a model directory or hub id"
+        )
+    if os.path.exists(model) and not os.path.isfile(os.path.join(model, "config.json")):
+        raise ModelLoadError(
+            f"{model!r} is not a model directory (no config.json): pass a directory saved with "
+            "save_pretrained, or a hub id"
+        )
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {model!r} ({_first_line(exc)}): pass a local model directory, or a "
+            "hub id with network access"
+        ) from exc
+    return model, config
+
+
+def config_shape(
+    model: str, revision: str | None = None, trust_remote_code: bool = False
+) -> ModelShape:
+    """A model's MoE layers, E and k from its config alone (no weights load), e.g. to validate a
+    steering spec before loading; `UnsupportedModelError` for an unsupported or dense model."""
+    _, config = _read_config(model, revision, trust_remote_code)
+    return adapter_for(config).shape
+
+
 def load_model(
     model: str,
     dtype: str = "auto",
@@ -148,32 +216,13 @@ def load_model(
 
     The config is read first, so an unsupported or dense model is rejected before any weights load.
     """
-    if dtype not in _DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
-    model = os.path.expanduser(_demo_alias(model))
-    looks_like_path = model.startswith(("/", "./", "../")) or model.count("/") > 1
-    if looks_like_path and not os.path.exists(model):
-        raise ModelLoadError(
-            f"model path {model!r} does not exist: pass a model directory or hub id"
-        )
-    if os.path.exists(model) and not os.path.isfile(os.path.join(model, "config.json")):
-        raise ModelLoadError(
-            f"{model!r} is not a model directory (no config.json): pass a directory saved with "
-            "save_pretrained, or a hub id"
-        )
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(
-            model, revision=revision, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load model {model!r} ({_first_line(exc)}): pass a local model directory, or a "
-            "hub id with network access"
-        ) from exc
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    model, config = _read_config(model, revision, trust_remote_code)
     adapter_for(config)  # unsupported family -> one clear line before weights load
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs: dict[str, Any] = {
         "revision": revision,
         "trust_remote_code": trust_remote_code,

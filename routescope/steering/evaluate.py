@@ -112,13 +112,6 @@ class EvalSet:
         return len(self.input_ids)
 
 
-def _pad_id(lm: LoadedModel) -> int:
-    for cand in (lm.model.config.pad_token_id, getattr(lm.tokenizer, "pad_token_id", None)):
-        if isinstance(cand, int):
-            return cand
-    return 0
-
-
 @torch.no_grad()
 def token_logprobs(
     lm: LoadedModel, input_ids: Sequence[Sequence[int]], batch_size: int = 8
@@ -129,7 +122,7 @@ def token_logprobs(
     if batch_size < 1:
         raise InvalidParameterError(f"batch_size must be at least 1, got {batch_size}")
     device = lm.model.device
-    pad = _pad_id(lm)
+    pad = lm.pad_token_id
     out: list[np.ndarray] = [np.zeros(0)] * len(input_ids)
     # batch similar lengths together: less padding, same results
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
@@ -363,7 +356,7 @@ def side_by_side(
     kwargs: dict = {
         "max_new_tokens": max_new_tokens,
         "do_sample": sampled,
-        "pad_token_id": _pad_id(lm),
+        "pad_token_id": lm.pad_token_id,
     }
     if sampled:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)

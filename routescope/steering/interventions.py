@@ -29,7 +29,7 @@ __all__ = ["LayerEdit", "SpecEdit", "edit_routing", "model_shape", "steered"]
 
 def model_shape(lm: LoadedModel) -> ModelShape:
     """The shape a spec is validated against (MoE layers, E, k)."""
-    return ModelShape(moe_layers=tuple(lm.moe_layers), num_experts=lm.num_experts, top_k=lm.top_k)
+    return lm.shape
 
 
 @dataclass(frozen=True)

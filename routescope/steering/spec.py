@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from routescope.core.errors import InvalidParameterError
+from routescope.core.shape import ModelShape
 
 ACTIONS = ("deactivate", "activate", "scale")
 MODES = ("reroute", "drop")
@@ -43,15 +44,6 @@ class Edit:
     def describe(self) -> str:
         extra = f" x{self.factor:g}" if self.action == "scale" else ""
         return f"layer {self.layer}, expert {self.expert}, {self.action}{extra}"
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What validation needs to know about a model: its MoE layers, E and k."""
-
-    moe_layers: tuple[int, ...]
-    num_experts: int
-    top_k: int
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 An adapter is the only place that knows a family's module names and its routing function. It answers,
 per decoder layer, whether the layer is MoE and where its router module lives, and it re-implements the
 router's selection as a pure torch function over the router's raw logits, so that the steering module
-can re-run routing with an expert masked out or forced in.
+can re-run routing with an expert masked out or forced in. The contract, the starter adapter for each
+routing style and the steps to add a family are in README.md next to this file.
 
 Conventions shared by every adapter:
 - "logits" are the router's raw pre-selection scores, ``router_output[0]``, shape ``(tokens, E)``.
@@ -19,6 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from routescope.core.shape import ModelShape
 
 
 def _expand_expert_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -39,17 +42,27 @@ def remove_experts(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
 class MoEAdapter(ABC):
     """Knows one family's layout (router module per layer) and routing function.
 
-    Subclasses set ``family`` (the transformers ``model_type``), ``router_attr`` (the router's path
-    inside a decoder layer) and implement ``is_moe_layer``, ``selection_scores`` and ``gate_weights``.
+    A concrete adapter sets ``router_attr`` (the router's path inside a decoder layer) and
+    ``experts_attr`` (the config attribute holding E), implements ``selection_scores`` and
+    ``gate_weights`` (or inherits them from a routing-style base below), overrides
+    ``is_moe_layer`` if some layers are dense, and registers with
+    ``@register_adapter("<model_type>")``, which also sets ``family``.
     """
 
+    #: the family's name, its transformers ``model_type``; set by ``@register_adapter``
     family: ClassVar[str]
+    #: dotted path of the router module inside one decoder layer, e.g. "mlp.gate"
     router_attr: ClassVar[str]
+    #: config attribute holding the number of routed experts E, e.g. "num_experts"
+    experts_attr: ClassVar[str | None] = None
+    #: dotted path of the decoder layer list from the CausalLM root
     layers_path: ClassVar[str] = "model.layers"
     #: what ``full_probs`` returns: "softmax" (rows sum to 1) or "sigmoid" (independent scores)
     probs_kind: ClassVar[str] = "softmax"
     #: whether the router already returns its top-k in rank order (torch.topk(sorted=True))
     output_sorted: ClassVar[bool] = True
+    #: the routing function in a few words (the registry's table and the docs show it)
+    routing: ClassVar[str] = ""
     #: one line saying what the recorded weights are for this family
     weights_doc: ClassVar[str] = ""
 
@@ -61,9 +74,13 @@ class MoEAdapter(ABC):
     def num_layers(self) -> int:
         return int(self.config.num_hidden_layers)
 
-    @abstractmethod
     def is_moe_layer(self, layer: int) -> bool:
-        """Whether decoder layer ``layer`` has a router (dense layers have none)."""
+        """Whether decoder layer ``layer`` has a router (dense layers have none).
+
+        Default: every decoder layer is MoE. Families with dense layers override this, reading
+        the rule from the config (never assuming it).
+        """
+        return 0 <= layer < self.num_layers
 
     @property
     def moe_layers(self) -> list[int]:
@@ -79,9 +96,10 @@ class MoEAdapter(ABC):
         return model.get_submodule(self.router_path(layer))
 
     @property
-    @abstractmethod
     def num_experts(self) -> int:
-        """Routed experts per MoE layer (E); shared experts not counted."""
+        """Routed experts per MoE layer (E), read from config attribute ``experts_attr``;
+        shared experts not counted."""
+        return int(getattr(self.config, str(self.experts_attr)))
 
     @property
     def top_k(self) -> int:
@@ -89,12 +107,18 @@ class MoEAdapter(ABC):
 
     @property
     def num_shared_experts(self) -> int:
+        """Always-on experts per MoE layer (not routed, never recorded)."""
         return 0
 
     @property
     def norm_topk_prob(self) -> bool:
         """Whether the k gate weights are renormalized to sum to 1 (before any scaling)."""
         return bool(getattr(self.config, "norm_topk_prob", False))
+
+    @property
+    def shape(self) -> ModelShape:
+        """MoE layers, E and k: what a steering spec is validated against."""
+        return ModelShape.of(self)
 
     # ---- the router module's output ----------------------------------------------------------
     def unpack(self, output: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,6 +192,7 @@ class MoEAdapter(ABC):
 class SoftmaxTopKAdapter(MoEAdapter):
     """softmax over E -> top-k -> optional renormalization (OLMoE, Mixtral, Qwen-MoE)."""
 
+    routing = "softmax over E, top-k, renormalized if norm_topk_prob"
     weights_doc = (
         "softmax probabilities of the top-k experts, renormalized to sum 1 if norm_topk_prob"
     )
@@ -193,6 +218,7 @@ class SoftmaxTopKAdapter(MoEAdapter):
 class TopKSoftmaxAdapter(MoEAdapter):
     """top-k on raw logits -> softmax over the k chosen logits (GPT-OSS, GraniteMoE)."""
 
+    routing = "top-k on raw logits, softmax over the k"
     weights_doc = "softmax over the k selected raw logits (they sum to 1)"
 
     @property

@@ -13,20 +13,19 @@ import torch
 from torch import nn
 
 from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("deepseek_v2", label="DeepSeek-V2")
 class DeepseekV2Adapter(MoEAdapter):
-    family = "deepseek_v2"
     router_attr = "mlp.gate"
+    experts_attr = "n_routed_experts"
     output_sorted = False
+    routing = "softmax over E, (group-limited) top-k, times routed_scaling_factor"
     weights_doc = "selected softmax probabilities times routed_scaling_factor"
 
     def is_moe_layer(self, layer: int) -> bool:
         return int(self.config.first_k_dense_replace) <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.n_routed_experts)
 
     @property
     def num_shared_experts(self) -> int:

@@ -14,21 +14,20 @@ import torch
 from torch import nn
 
 from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("deepseek_v3", label="DeepSeek-V3")
 class DeepseekV3Adapter(MoEAdapter):
-    family = "deepseek_v3"
     router_attr = "mlp.gate"
+    experts_attr = "n_routed_experts"
     output_sorted = False
     probs_kind = "sigmoid"
+    routing = "sigmoid, selection-only bias, group-limited top-k, times routed_scaling_factor"
     weights_doc = "sigmoid scores of the chosen experts, renormalized if norm_topk_prob, times routed_scaling_factor"
 
     def is_moe_layer(self, layer: int) -> bool:
         return int(self.config.first_k_dense_replace) <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.n_routed_experts)
 
     @property
     def num_shared_experts(self) -> int:

@@ -6,7 +6,9 @@ Routing: softmax over E logits, top-k, renormalized when ``norm_topk_prob``.
 from __future__ import annotations
 
 from routescope.models.adapters.olmoe import OlmoeAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("flex_olmo", label="FlexOlmo")
 class FlexOlmoAdapter(OlmoeAdapter):
-    family = "flex_olmo"
+    """OLMoE's layout and routing; only the family name differs."""

@@ -8,7 +8,9 @@ renormalization and ``routed_scaling_factor``, exactly as DeepSeek-V3 (see that 
 from __future__ import annotations
 
 from routescope.models.adapters.deepseek_v3 import DeepseekV3Adapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("glm4_moe", label="GLM-4.5 MoE")
 class Glm4MoeAdapter(DeepseekV3Adapter):
-    family = "glm4_moe"
+    """DeepSeek-V3 routing; only the family name differs."""

@@ -7,15 +7,10 @@ Routing: top-k on the raw logits (bias included), then softmax over the k select
 from __future__ import annotations
 
 from routescope.models.adapters.base import TopKSoftmaxAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("gpt_oss", label="GPT-OSS")
 class GptOssAdapter(TopKSoftmaxAdapter):
-    family = "gpt_oss"
     router_attr = "mlp.router"
-
-    def is_moe_layer(self, layer: int) -> bool:
-        return 0 <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_local_experts)
+    experts_attr = "num_local_experts"

@@ -7,15 +7,10 @@ Routing: top-k on the raw logits, then softmax over the k selected logits.
 from __future__ import annotations
 
 from routescope.models.adapters.base import TopKSoftmaxAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("granitemoe", label="GraniteMoE")
 class GraniteMoeAdapter(TopKSoftmaxAdapter):
-    family = "granitemoe"
     router_attr = "block_sparse_moe.router"
-
-    def is_moe_layer(self, layer: int) -> bool:
-        return 0 <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_local_experts)
+    experts_attr = "num_local_experts"

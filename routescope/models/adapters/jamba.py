@@ -8,11 +8,14 @@ softmax over E, top-k, no renormalization (the weights are the raw top-k probabi
 from __future__ import annotations
 
 from routescope.models.adapters.base import SoftmaxTopKAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("jamba", label="Jamba")
 class JambaAdapter(SoftmaxTopKAdapter):
-    family = "jamba"
     router_attr = "feed_forward.router"
+    experts_attr = "num_experts"
+    routing = "softmax over E, top-k, not renormalized"
     weights_doc = "softmax probabilities of the top-k experts (not renormalized)"
 
     def is_moe_layer(self, layer: int) -> bool:
@@ -20,10 +23,6 @@ class JambaAdapter(SoftmaxTopKAdapter):
         if not 0 <= layer < self.num_layers or self.num_experts <= 1:
             return False
         return layer % int(cfg.expert_layer_period) == int(cfg.expert_layer_offset)
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_experts)
 
     @property
     def norm_topk_prob(self) -> bool:

@@ -14,20 +14,19 @@ import torch
 from torch import nn
 
 from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("llama4_text", label="Llama-4 (text)")
 class Llama4Adapter(MoEAdapter):
-    family = "llama4_text"
     router_attr = "feed_forward.router"
+    experts_attr = "num_local_experts"
     probs_kind = "sigmoid"
+    routing = "top-k on raw logits, sigmoid of the k (router returns (scores over E, logits))"
     weights_doc = "sigmoid of the selected router logits (scales the expert inputs)"
 
     def is_moe_layer(self, layer: int) -> bool:
         return 0 <= layer < self.num_layers and layer in set(self.config.moe_layers or [])
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_local_experts)
 
     @property
     def num_shared_experts(self) -> int:

@@ -6,19 +6,15 @@ Routing: softmax over E logits, top-k, always renormalized over the k (the weigh
 from __future__ import annotations
 
 from routescope.models.adapters.base import SoftmaxTopKAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("mixtral", label="Mixtral")
 class MixtralAdapter(SoftmaxTopKAdapter):
-    family = "mixtral"
     router_attr = "mlp.gate"
+    experts_attr = "num_local_experts"
+    routing = "softmax over E, top-k, renormalized"
     weights_doc = "softmax probabilities of the top-k experts, renormalized to sum 1"
-
-    def is_moe_layer(self, layer: int) -> bool:
-        return 0 <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_local_experts)
 
     @property
     def norm_topk_prob(self) -> bool:

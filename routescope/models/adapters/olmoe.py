@@ -6,15 +6,10 @@ Routing: softmax over E logits, top-k, renormalized when ``norm_topk_prob`` (Fal
 from __future__ import annotations
 
 from routescope.models.adapters.base import SoftmaxTopKAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("olmoe", label="OLMoE")
 class OlmoeAdapter(SoftmaxTopKAdapter):
-    family = "olmoe"
     router_attr = "mlp.gate"
-
-    def is_moe_layer(self, layer: int) -> bool:
-        return 0 <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_experts)
+    experts_attr = "num_experts"

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.registry import register_adapter
 
 
 def _sparse_weight(scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor, eps: float):
@@ -23,19 +24,14 @@ def _sparse_weight(scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor
     return torch.softmax(scores.masked_fill(far, float("-inf")), dim=-1).gather(-1, chosen)
 
 
+@register_adapter("phimoe", label="PhiMoE")
 class PhimoeAdapter(MoEAdapter):
-    family = "phimoe"
     router_attr = "mlp.router"
+    experts_attr = "num_local_experts"
+    routing = "sparsemixer top-2 (argmax, then a softmax over near-top logits per rank)"
     weights_doc = (
         "sparsemixer multipliers: per-rank softmax over near-top logits (no renormalization)"
     )
-
-    def is_moe_layer(self, layer: int) -> bool:
-        return 0 <= layer < self.num_layers
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_local_experts)
 
     @property
     def top_k(self) -> int:

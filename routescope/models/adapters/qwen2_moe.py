@@ -9,11 +9,11 @@ recorded weights are the softmax top-k probabilities of the routed experts (reno
 from __future__ import annotations
 
 from routescope.models.adapters.qwen3_moe import Qwen3MoeAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("qwen2_moe", label="Qwen2-MoE")
 class Qwen2MoeAdapter(Qwen3MoeAdapter):
-    family = "qwen2_moe"
-
     @property
     def num_shared_experts(self) -> int:
         return 1 if int(getattr(self.config, "shared_expert_intermediate_size", 0) or 0) > 0 else 0

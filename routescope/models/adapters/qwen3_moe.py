@@ -7,11 +7,13 @@ A layer is MoE unless it is listed in ``mlp_only_layers`` or ``(layer + 1) % dec
 from __future__ import annotations
 
 from routescope.models.adapters.base import SoftmaxTopKAdapter
+from routescope.models.adapters.registry import register_adapter
 
 
+@register_adapter("qwen3_moe", label="Qwen3-MoE")
 class Qwen3MoeAdapter(SoftmaxTopKAdapter):
-    family = "qwen3_moe"
     router_attr = "mlp.gate"
+    experts_attr = "num_experts"
 
     def is_moe_layer(self, layer: int) -> bool:
         cfg = self.config
@@ -20,7 +22,3 @@ class Qwen3MoeAdapter(SoftmaxTopKAdapter):
         step = int(getattr(cfg, "decoder_sparse_step", 1) or 1)
         only_mlp = list(getattr(cfg, "mlp_only_layers", None) or [])
         return layer not in only_mlp and self.num_experts > 0 and (layer + 1) % step == 0
-
-    @property
-    def num_experts(self) -> int:
-        return int(self.config.num_experts)
