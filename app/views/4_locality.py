@@ -10,7 +10,7 @@ import polars as pl
 import streamlit as st
 
 from routescope.analysis import cache, consistency
-from routescope.analysis.figures_app import cache_figure, sch_figure, srp_figure
+from routescope.analysis.figures_locality import cache_figure, sch_figure, srp_figure
 
 
 def _stored(db: str, version: str, run_id: str, fn: Any, **kwargs: Any) -> pl.DataFrame:

@@ -1,5 +1,5 @@
-"""Plotly figures the dashboard needs beyond `figures_experts`: token routing, load entropy,
-SRP/SCH curves, cache hit-rate curves, and expert annotations in hover text.
+"""Plotly figures the dashboard needs beyond `figures_experts` and `figures_locality`: token
+routing, load entropy, log-probability changes, and expert annotations in hover text.
 
 Builders take numpy arrays or the polars frames the analyses return and give back
 `plotly.graph_objects.Figure`s; they compute nothing but layout (no streamlit here).
@@ -159,99 +159,6 @@ def entropy_figure(summary: pl.DataFrame) -> go.Figure:
         title="Load entropy per layer (normalized by log E)",
         xaxis_title="layer",
         yaxis={"title": "entropy / log E", "range": [0, 1.05]},
-    )
-    return fig
-
-
-def _layer_filter(df: pl.DataFrame, layer: int | None) -> pl.DataFrame:
-    return df.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer)
-
-
-def _where(layer: int | None) -> str:
-    return "all layers pooled" if layer is None else f"layer {layer}"
-
-
-def srp_figure(srp_df: pl.DataFrame, layer: int | None = None) -> go.Figure:
-    """SRP against segment length L for one layer (None = pooled), with the shuffled-order
-    baseline and the c = 0 floor 2r/(1+r)."""
-    sub = _layer_filter(srp_df, layer).sort("segment_length")
-    x = sub["segment_length"].to_list()
-    fig = go.Figure(go.Scatter(x=x, y=sub["srp"].to_list(), mode="lines+markers", name="SRP"))
-    if "srp_shuffled" in sub.columns:
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=sub["srp_shuffled"].to_list(),
-                mode="lines+markers",
-                name="shuffled baseline",
-                line={"dash": "dot"},
-            )
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=sub["floor"].to_list(),
-            mode="lines",
-            name="floor 2r/(1+r)",
-            line={"dash": "dash"},
-        )
-    )
-    fig.update_layout(
-        title=f"Segment Routing best Performance, {_where(layer)}",
-        xaxis={"title": "segment length L", "type": "log"},
-        yaxis={"title": "SRP (best F1)", "range": [0, 1.02]},
-    )
-    return fig
-
-
-def sch_figure(sch_df: pl.DataFrame, layer: int | None = None) -> go.Figure:
-    """SCH hit rate against cache size C, one line per segment length, for one layer or pooled."""
-    sub = _layer_filter(sch_df, layer)
-    if "order" in sub.columns:
-        sub = sub.filter(pl.col("order") == "original")
-    fig = go.Figure()
-    for seg in sorted(sub["segment_length"].unique().to_list()):
-        s = sub.filter(pl.col("segment_length") == seg).sort("capacity")
-        fig.add_trace(
-            go.Scatter(
-                x=s["capacity"].to_list(),
-                y=s["hit_rate"].to_list(),
-                mode="lines+markers",
-                name=f"L = {seg}",
-            )
-        )
-    kind = str(sub["kind"][0]) if sub.height and "kind" in sub.columns else "segment-oracle"
-    fig.update_layout(
-        title=f"Segment Cache best Hit rate ({kind}), {_where(layer)}",
-        xaxis_title="cache size C (experts per layer)",
-        yaxis={"title": "hit rate", "range": [0, 1.02]},
-    )
-    return fig
-
-
-def cache_figure(
-    hits: pl.DataFrame, phase: str = "prefill", layer: int | None = None, bound: str = "belady"
-) -> go.Figure:
-    """Hit rate against cache capacity, one line per policy, for a phase and a layer (None =
-    pooled); the `bound` policy (Belady) is drawn as a thick dashed black line."""
-    sub = _layer_filter(hits.filter(pl.col("phase") == phase), layer)
-    fig = go.Figure()
-    for policy in sorted(sub["policy"].unique().to_list(), key=lambda p: (p == bound, p)):
-        s = sub.filter(pl.col("policy") == policy).sort("capacity")
-        is_bound = policy == bound
-        fig.add_trace(
-            go.Scatter(
-                x=s["capacity"].to_list(),
-                y=s["hit_rate"].to_list(),
-                mode="lines" if is_bound else "lines+markers",
-                name=f"{policy} (bound)" if is_bound else policy,
-                line={"color": "black", "width": 3, "dash": "dash"} if is_bound else {},
-            )
-        )
-    fig.update_layout(
-        title=f"Expert-cache hit rate by policy, {phase}, {_where(layer)}",
-        xaxis_title="cache capacity C (experts per layer)",
-        yaxis={"title": "hit rate", "range": [0, 1.02]},
     )
     return fig
 
