@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 import streamlit as st
@@ -23,6 +23,11 @@ import streamlit as st
 from routescope.core.defaults import DEFAULT_DB
 from routescope.core.errors import RoutescopeError
 from routescope.core.trace import Trace
+from routescope.store import notes as notes_lib
+from routescope.store.notes import ExpertNote
+
+if TYPE_CHECKING:
+    from routescope.store.store import RoutingStore
 
 DB_ENV = "ROUTESCOPE_DB"
 RUN_KEY = "run_id"
@@ -81,19 +86,26 @@ _LAST_GOOD: dict[str, str] = {}
 
 
 @contextmanager
-def open_store(db: str, write: bool = False) -> Iterator[Any]:
-    """A `RoutingStore` over a fresh connection, closed on exit (releases the file lock)."""
-    from routescope.store.dataset import connect_store
+def open_store(db: str, write: bool = False) -> Iterator[RoutingStore]:
+    """A `RoutingStore` over a fresh connection, closed on exit (releases the file lock).
+
+    Read-only opens of a DuckDB file wait up to LOCK_TIMEOUT for a committing job, and can save
+    an analysis result they computed into the store's results memo (taking the write lock just
+    long enough), so the CLI finds it there too.
+    """
     from routescope.store.store import RoutingStore
 
-    con = connect_store(db, read_only=not write, lock_timeout=LOCK_TIMEOUT if not write else 15.0)
+    if is_parquet(db):
+        store = RoutingStore(db, read_only=True)
+    else:
+        store = RoutingStore(db, read_only=not write, lock_timeout=15.0 if write else LOCK_TIMEOUT)
     try:
-        yield RoutingStore(db, read_only=not write, connection=con)
+        yield store
     finally:
-        con.close()
+        store.close()
 
 
-def read(db: str, fn: Callable[[Any], T]) -> T:
+def read(db: str, fn: Callable[[RoutingStore], T]) -> T:
     """Open the store read-only, apply fn(store), close."""
     with open_store(db) as store:
         return fn(store)
@@ -118,48 +130,50 @@ def load_trace(db: str, version: str, run_id: str, phase: str = "all") -> Trace:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def load_token_strings(db: str, version: str, run_id: str) -> dict[int, str]:
-    return read(db, lambda s: s.token_strings(run_id))
+def load_sequence_list(db: str, version: str, run_id: str) -> pl.DataFrame:
+    """The run's sequences, one row each: seq_id, label, num_tokens (prompt), head (the prompt's
+    first characters). No routing and no token rows: what a sequence picker needs."""
+    return read(
+        db,
+        lambda s: s.table(
+            "SELECT seq_id, label, num_tokens, left(coalesce(text, ''), 60) AS head "
+            "FROM sequences WHERE run_id = ? ORDER BY seq_id",
+            [run_id],
+        ),
+    )
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def load_sequences(db: str, version: str, run_id: str) -> pl.DataFrame:
-    return read(db, lambda s: s.sequences(run_id))
+@st.cache_data(show_spinner="Reading the sequence…", max_entries=32)
+def load_sequence(db: str, version: str, run_id: str, seq_id: int) -> Trace:
+    """One sequence of the run, every layer and phase (`RoutingStore.sequence_trace`)."""
+    return read(db, lambda s: s.sequence_trace(run_id, int(seq_id)))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def load_notes(db: str, version: str, model_id: str) -> dict[tuple[int, int], tuple[str, str]]:
+def load_token_strings(
+    db: str, version: str, run_id: str, token_ids: tuple[int, ...]
+) -> dict[int, str]:
+    """The recorded text of these token ids (only these: never the run's whole vocabulary)."""
+    return read(db, lambda s: s.token_strings(run_id, token_ids=list(token_ids)))
+
+
+# ---- expert notes (routescope.store.notes over a short-lived connection) ----------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_notes(db: str, version: str, model_id: str) -> dict[tuple[int, int], ExpertNote]:
     """(layer, expert) → (label, note) of the model's annotated experts."""
-
-    def q(store: Any) -> dict[tuple[int, int], tuple[str, str]]:
-        rows = store.con.execute(
-            "SELECT layer, expert, coalesce(label, ''), coalesce(note, '') FROM expert_notes "
-            "WHERE model_id = ?",
-            [model_id],
-        ).fetchall()
-        return {(int(r[0]), int(r[1])): (str(r[2]), str(r[3])) for r in rows}
-
-    return read(db, q)
+    return read(db, lambda s: notes_lib.load_notes(s.con, model_id))
 
 
-def note_labels(notes: dict[tuple[int, int], tuple[str, str]]) -> dict[tuple[int, int], str]:
+def note_labels(notes: dict[tuple[int, int], ExpertNote]) -> dict[tuple[int, int], str]:
     """(layer, expert) → label (or the note's first words when unlabelled), for hover texts."""
-    out = {}
-    for key, (label, note) in notes.items():
-        text = label or note[:40]
-        if text:
-            out[key] = text
-    return out
+    return notes_lib.note_labels(notes)
 
 
 def save_note(db: str, model_id: str, layer: int, expert: int, label: str, note: str) -> None:
-    """Upsert one expert's annotation (opens the file for writing only for this statement)."""
+    """Save one expert's annotation (opens the file for writing only for this statement); an
+    empty label and note remove it."""
     with open_store(db, write=True) as store:
-        store.con.execute(
-            "INSERT OR REPLACE INTO expert_notes (model_id, layer, expert, label, note, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, current_timestamp)",
-            [model_id, int(layer), int(expert), label.strip(), note.strip()],
-        )
+        notes_lib.save_note(store.con, model_id, layer, expert, label, note)
     load_notes.clear()
 
 

@@ -102,7 +102,7 @@ with left:
     top = spec.expert_top_tokens(
         vocab.filter((pl.col("layer") == layer) & (pl.col("expert") == expert)), top=15
     )
-    texts = sh.load_token_strings(db, version, run_id)
+    texts = sh.load_token_strings(db, version, run_id, tuple(top["token_id"].to_list()))
     top = top.with_columns(
         pl.col("token_id").replace_strict(texts, default="?", return_dtype=pl.Utf8).alias("token")
     )

@@ -158,6 +158,62 @@ def test_tokens_page_colours_and_heatmap_match_the_store(fixture_store, monkeypa
     assert f"background:{colors[top1[0, layers.index(other)]]}" in first_span
 
 
+def test_tokens_page_reads_one_sequence(store_copy, monkeypatch):
+    """The Tokens page reads the picked sequence only: every routing read the page makes is one
+    sequence, token strings are asked for that sequence's ids only, and the page renders even
+    when every other sequence's routing is gone from the store."""
+    from routescope.store.reader import StoreReader
+    from routescope.store.source import StoreSource
+
+    db, run_id = store_copy["db"], store_copy["run_id"]
+    seq_ids = [
+        r[0] for r in sql(db, "SELECT seq_id FROM sequences WHERE run_id = ? ORDER BY 1", [run_id])
+    ]
+    first, second = seq_ids[0], seq_ids[1]
+    con = duckdb.connect(db)  # only the first two sequences keep their routing
+    con.execute("DELETE FROM routes WHERE run_id = ? AND seq_id > ?", [run_id, second])
+    con.close()
+    reads: list[list[int]] = []
+    asked: list[list[int] | None] = []
+    real_read, real_strings = StoreSource.read, StoreReader.token_strings
+
+    def spy_read(self, start, stop, layers=None):
+        trace = real_read(self, start, stop, layers)
+        reads.append([int(x) for x in trace.seq_ids])
+        return trace
+
+    def spy_strings(self, run=None, token_ids=None):
+        asked.append(None if token_ids is None else sorted(int(t) for t in token_ids))
+        return real_strings(self, run, token_ids)
+
+    monkeypatch.setattr(StoreSource, "read", spy_read)
+    monkeypatch.setattr(StoreReader, "token_strings", spy_strings)
+    at = goto(open_app(db, monkeypatch), "tokens")
+    assert reads == [[first]], reads
+    ids_of = lambda s: sorted(  # noqa: E731
+        {
+            r[0]
+            for r in sql(
+                db, "SELECT token_id FROM tokens WHERE run_id = ? AND seq_id = ?", [run_id, s]
+            )
+        }
+    )
+    assert asked == [ids_of(first)]
+    (spec,) = chart_specs(at)
+    n_first = sql(
+        db, "SELECT count(*) FROM tokens WHERE run_id = ? AND seq_id = ?", [run_id, first]
+    )
+    assert arr(spec["data"][0]["z"]).shape == (len(store_copy["layers"]), n_first[0][0])
+    # another sequence: one more read, of that sequence only
+    by_label(at.selectbox, "Sequence").set_value(second).run()
+    assert_clean(at)
+    assert reads == [[first], [second]] and asked[-1] == ids_of(second)
+    # a sequence whose routing is gone is an error about that sequence, on that page only
+    by_label(at.selectbox, "Sequence").set_value(seq_ids[-1]).run()
+    assert not at.exception and at.error and "inconsistent" in at.error[0].value
+    assert all(len(r) == 1 for r in reads), reads
+
+
 def test_experts_page_charts_match_the_store(fixture_store, monkeypatch):
     db, run_id = fixture_store["db"], fixture_store["run_id"]
     e, k = fixture_store["num_experts"], fixture_store["top_k"]
