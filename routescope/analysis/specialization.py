@@ -1,62 +1,221 @@
 """Expert specialization (DESIGN.md §4.3): load, domain and vocabulary specialization,
 co-activation, router saturation.
 
-Every function takes a `Trace` and returns a polars DataFrame. Counting is done per layer with
-`np.bincount` over combined keys, so no [N, L, E] one-hot tensor is ever materialized. A token's
-top-k set S_t holds k distinct experts, so "tokens whose S_t contains e" equals the number of
-(token, slot) assignments to e.
+Every function takes a `Trace` (small runs, notebooks) or a `TraceSource` (a run in the store)
+and runs as a `Reduction` (routescope.analysis.streaming): a kernel counts one chunk of whole
+sequences, partials are integer counts (per group/layer/expert, per expert pair, per token id as
+sparse sorted keys) that add up exactly, and floats appear only in finalize. So a run streamed in
+chunks of any size, in one process or on Ray, gives the in-memory numbers bit for bit, in memory
+bounded by one chunk plus the counts.
+
+Counting is done per layer with `np.bincount` over combined keys, so no [N, L, E] one-hot tensor
+is ever materialized. A token's top-k set S_t holds k distinct experts, so "tokens whose S_t
+contains e" equals the number of (token, slot) assignments to e.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
 import numpy as np
 import polars as pl
 
+from routescope.analysis.streaming import (
+    Executor,
+    Progress,
+    Reduction,
+    add_arrays,
+    run_reduction,
+)
 from routescope.core.errors import InvalidParameterError
+from routescope.core.source import (
+    DEFAULT_CHUNK_ROWS,
+    SourceInfo,
+    TraceSource,
+    as_source,
+)
 from routescope.core.trace import Trace
 
 _CHUNK = 65_536  # token rows per block (bounds the k² pair keys per token)
+GROUP_FIELDS = ("label", "prompt_set")
 
 
-def _require_tokens(trace: Trace, what: str) -> None:
-    if trace.num_tokens == 0:
+def _require_tokens(info: SourceInfo, what: str) -> None:
+    if info.num_tokens == 0:
         raise InvalidParameterError(f"{what}: the trace holds no tokens; collect or select some")
 
 
-def _counts_by_group(trace: Trace, col: int, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """int64[n_groups, E]: per group, the number of its tokens whose S_t (layer column) holds e."""
-    e = trace.num_experts
-    ex = trace.experts[:, col, :].astype(np.int64)
-    keys = groups[:, None].astype(np.int64) * e + ex
-    return np.bincount(keys.ravel(), minlength=n_groups * e).reshape(n_groups, e)
-
-
-def _group_codes(trace: Trace, by: str) -> tuple[np.ndarray, list[str]]:
-    """Per-token group code (−1 = no group) and the group names, for by ∈ {label, prompt_set}."""
-    if by == "label":
-        per_seq = trace.labels
-    elif by == "prompt_set":
-        per_seq = trace.prompt_sets
-    else:
-        raise InvalidParameterError(f"cannot group by {by!r}; use 'label' or 'prompt_set'")
-    names = sorted({str(x) for x in per_seq.tolist() if x is not None})
-    if not names:
+def _layer_in(info: SourceInfo, layer: int) -> int:
+    """Position of model layer `layer` among the source's MoE layers, or one clear error."""
+    try:
+        return info.layers.index(int(layer))
+    except ValueError:
         raise InvalidParameterError(
-            f"no sequence of this run has a {by}; give the prompt set a '{by}' column"
+            f"layer {layer} is not an MoE layer of this run; MoE layers are {list(info.layers)}"
+        ) from None
+
+
+def _group_names(info: SourceInfo, by: str | None) -> tuple[str, ...]:
+    """The groups tokens are counted by (sorted), known before any chunk is read."""
+    if by is None:
+        return ()
+    if by not in GROUP_FIELDS:
+        raise InvalidParameterError(f"cannot group by {by!r}; use 'label' or 'prompt_set'")
+    return info.labels if by == "label" else info.prompt_sets
+
+
+def _seq_codes(chunk: Trace, by: str | None, index: dict[str, int], missing: int) -> np.ndarray:
+    """Per sequence of the chunk, its group code (`missing` for sequences without a group)."""
+    if by is None:
+        return np.full(chunk.num_sequences, missing, dtype=np.int64)
+    per_seq = chunk.labels if by == "label" else chunk.prompt_sets
+    return np.array(
+        [index.get(str(x), missing) if x is not None else missing for x in per_seq.tolist()],
+        dtype=np.int64,
+    )
+
+
+# ---- group counts: load and domain specialization in one pass ---------------------------------
+@dataclass(frozen=True)
+class DomainCounts:
+    """Integer counts behind load and domain specialization, from one pass over a run.
+
+    counts[g, l, e]: tokens of group g (row G: tokens without a group) whose S_t at layers[l]
+    holds e; tokens[g]: tokens of group g. `expert_load`, `load_summary`,
+    `domain_specialization` and `domain_cv` accept it in place of a run, so a caller that wants
+    all four reads the run once (`domain_counts`).
+    """
+
+    by: str | None
+    names: tuple[str, ...]
+    layers: tuple[int, ...]
+    num_experts: int
+    top_k: int
+    counts: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.sum())
+
+
+def _domain_kernel(
+    chunk: Trace, *, by: str | None, names: tuple[str, ...], layers: tuple[int, ...], e: int
+) -> dict[str, np.ndarray]:
+    g = len(names)
+    codes = np.repeat(
+        _seq_codes(chunk, by, {n: i for i, n in enumerate(names)}, g), chunk.seq_lengths
+    )
+    pos = {layer: i for i, layer in enumerate(layers)}
+    counts = np.zeros((g + 1, len(layers), e), dtype=np.int64)
+    for col, layer in enumerate(chunk.layers):
+        keys = codes[:, None] * e + chunk.experts[:, col, :].astype(np.int64)
+        counts[:, pos[layer], :] = np.bincount(keys.ravel(), minlength=(g + 1) * e).reshape(
+            g + 1, e
         )
-    index = {n: i for i, n in enumerate(names)}
-    seq_codes = np.array([index[str(x)] if x is not None else -1 for x in per_seq], dtype=np.int64)
-    return seq_codes[trace.seq_index], names
+    return {"counts": counts, "tokens": np.bincount(codes, minlength=g + 1).astype(np.int64)}
+
+
+def _domain_empty(g: int, n_layers: int, e: int) -> dict[str, np.ndarray]:
+    return {
+        "counts": np.zeros((g + 1, n_layers, e), dtype=np.int64),
+        "tokens": np.zeros(g + 1, dtype=np.int64),
+    }
+
+
+def _domain_finalize(
+    p: dict[str, np.ndarray],
+    *,
+    by: str | None,
+    names: tuple[str, ...],
+    layers: tuple[int, ...],
+    e: int,
+    k: int,
+) -> DomainCounts:
+    return DomainCounts(by, names, layers, e, k, p["counts"], p["tokens"])
+
+
+def domain_counts_reduction(
+    info: SourceInfo, by: str | None = "label", layers: Sequence[int] | None = None
+) -> Reduction[dict[str, np.ndarray], DomainCounts]:
+    """The reduction behind `domain_counts` (groups and layers fixed from `info`)."""
+    names = _group_names(info, by)
+    sel = info.check_layers(layers)
+    e = info.num_experts
+    return Reduction(
+        kernel=partial(_domain_kernel, by=by, names=names, layers=sel, e=e),
+        merge=add_arrays,
+        finalize=partial(_domain_finalize, by=by, names=names, layers=sel, e=e, k=info.top_k),
+        empty=partial(_domain_empty, len(names), len(sel), e),
+        layers=sel,
+        name="domain counts",
+    )
+
+
+def domain_counts(
+    data: Trace | TraceSource,
+    by: str | None = "label",
+    *,
+    layers: Sequence[int] | None = None,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> DomainCounts:
+    """Per (group, layer, expert) token counts, with group = label or prompt set (None: no
+    groups, load only), in one pass; `layers` narrows the MoE layers (default all)."""
+    source = as_source(data)
+    reduction = domain_counts_reduction(source.info, by, layers)
+    _require_tokens(source.info, "specialization")
+    return run_reduction(source, reduction, max_rows=max_rows, progress=progress, executor=executor)
+
+
+def _counts_of(
+    data: Trace | TraceSource | DomainCounts,
+    by: str | None,
+    layers: Sequence[int] | None,
+    what: str,
+    **run: Any,
+) -> DomainCounts:
+    """Counts for `what`: computed from a run, or checked when given (layers, grouping)."""
+    if not isinstance(data, DomainCounts):
+        source = as_source(data)
+        _group_names(source.info, by)  # a bad `by` before the no-token error, as before
+        _require_tokens(source.info, what)
+        return domain_counts(source, by, layers=layers, **run)
+    if layers is not None and tuple(int(x) for x in layers) != data.layers:
+        raise InvalidParameterError(
+            f"these counts hold layers {list(data.layers)}, not {list(layers)}; count again"
+        )
+    if by is not None and data.by != by:
+        raise InvalidParameterError(
+            f"these counts are grouped by {data.by!r}, not {by!r}; count again with by={by!r}"
+        )
+    if data.num_tokens == 0:
+        raise InvalidParameterError(f"{what}: the trace holds no tokens; collect or select some")
+    return data
 
 
 # ---- load -------------------------------------------------------------------------------------
-def expert_load(trace: Trace) -> pl.DataFrame:
+def expert_load(
+    data: Trace | TraceSource | DomainCounts,
+    *,
+    layers: Sequence[int] | None = None,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
     """Per (layer, expert): number of routed assignments and their share of the layer's N·k."""
-    _require_tokens(trace, "expert load")
-    e, k, n = trace.num_experts, trace.top_k, trace.num_tokens
+    dc = _counts_of(
+        data, None, layers, "expert load", max_rows=max_rows, progress=progress, executor=executor
+    )
+    e, k, n = dc.num_experts, dc.top_k, dc.num_tokens
+    load = dc.counts.sum(axis=0)  # [L, E] over every group and the ungrouped tokens
     rows = []
-    for col, layer in enumerate(trace.layers):
-        counts = np.bincount(trace.experts[:, col, :].astype(np.int64).ravel(), minlength=e)
+    for col, layer in enumerate(dc.layers):
+        counts = load[col]
         rows.append(
             pl.DataFrame(
                 {
@@ -70,14 +229,24 @@ def expert_load(trace: Trace) -> pl.DataFrame:
     return pl.concat(rows)
 
 
-def load_summary(trace: Trace) -> pl.DataFrame:
+def load_summary(
+    data: Trace | TraceSource | DomainCounts,
+    *,
+    layers: Sequence[int] | None = None,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
     """Per layer: entropy of the load share normalized by log E (1 = perfectly balanced),
     max/mean load (1 = balanced, E/k·… when a few experts take everything), and the number of
     experts never used."""
-    load = expert_load(trace)
-    e = trace.num_experts
+    dc = _counts_of(
+        data, None, layers, "expert load", max_rows=max_rows, progress=progress, executor=executor
+    )
+    load = expert_load(dc)
+    e = dc.num_experts
     out = []
-    for layer in trace.layers:
+    for layer in dc.layers:
         share = load.filter(pl.col("layer") == layer)["share"].to_numpy()
         nz = share[share > 0]
         entropy = float(-(nz * np.log(nz)).sum())
@@ -93,22 +262,58 @@ def load_summary(trace: Trace) -> pl.DataFrame:
 
 
 # ---- domain specialization -------------------------------------------------------------------
-def domain_specialization(trace: Trace, by: str = "label") -> pl.DataFrame:
+def _grouped_counts(
+    data: Trace | TraceSource | DomainCounts,
+    by: str,
+    layers: Sequence[int] | None,
+    what: str,
+    **run: Any,
+) -> DomainCounts:
+    if by not in GROUP_FIELDS:
+        raise InvalidParameterError(f"cannot group by {by!r}; use 'label' or 'prompt_set'")
+    if isinstance(data, DomainCounts) and data.by != by:
+        raise InvalidParameterError(
+            f"these counts are grouped by {data.by!r}, not {by!r}; count again with by={by!r}"
+        )
+    names = data.names if isinstance(data, DomainCounts) else _group_names(as_source(data).info, by)
+    if not names:
+        raise InvalidParameterError(
+            f"no sequence of this run has a {by}; give the prompt set a '{by}' column"
+        )
+    return _counts_of(data, by, layers, what, **run)
+
+
+def domain_specialization(
+    data: Trace | TraceSource | DomainCounts,
+    by: str = "label",
+    *,
+    layers: Sequence[int] | None = None,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
     """Per (group, layer, expert) with group = label (or prompt set), the OLMoE definition:
 
     share = fraction of the group's tokens whose S_t contains e; ratio_uniform = share / r with
     r = k/E; share_other = the same fraction over the other groups' tokens (tokens without a
     group are left out); ratio_other = share / share_other (null when share_other is 0).
     """
-    _require_tokens(trace, "domain specialization")
-    codes, names = _group_codes(trace, by)
-    g, e = len(names), trace.num_experts
-    codes = np.where(codes >= 0, codes, g)  # ungrouped tokens go to an extra row, dropped below
-    r = trace.top_k / e
-    n_g = np.bincount(codes, minlength=g + 1)[:g].astype(np.int64)
+    dc = _grouped_counts(
+        data,
+        by,
+        layers,
+        "domain specialization",
+        max_rows=max_rows,
+        progress=progress,
+        executor=executor,
+    )
+    names = dc.names
+    g, e = len(names), dc.num_experts
+    r = dc.top_k / e
+    n_g = dc.tokens[:g]
     frames = []
-    for col, layer in enumerate(trace.layers):
-        c = _counts_by_group(trace, col, codes, g + 1)[:g]  # [g, E]
+    for col, layer in enumerate(dc.layers):
+        c = dc.counts[:g, col, :]  # [g, E]
         other_c = c.sum(axis=0, keepdims=True) - c
         other_n = n_g.sum() - n_g
         share = c / n_g[:, None]
@@ -135,22 +340,33 @@ def domain_specialization(trace: Trace, by: str = "label") -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def domain_cv(trace: Trace, by: str = "label") -> pl.DataFrame:
+def domain_cv(
+    data: Trace | TraceSource | DomainCounts,
+    by: str = "label",
+    *,
+    layers: Sequence[int] | None = None,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
     """moe-lrc's summary per layer: for each expert the coefficient of variation (population std /
     mean) of its activation rate across groups, averaged over experts that are used at all.
 
     0 = every expert fires equally often in every domain; larger = more domain-specialized.
     """
-    spec = domain_specialization(trace, by=by)
-    names = sorted(set(spec[by].to_list()))
+    dc = _grouped_counts(
+        data, by, layers, "domain CV", max_rows=max_rows, progress=progress, executor=executor
+    )
+    names = list(dc.names)
     if len(names) < 2:
         raise InvalidParameterError(
             f"domain CV needs at least two values of {by}; this run has {names}"
         )
+    spec = domain_specialization(dc, by=by)
     out = []
-    for layer in trace.layers:
+    for layer in dc.layers:
         s = spec.filter(pl.col("layer") == layer).sort([by, "expert"])
-        rates = s["share"].to_numpy().reshape(len(names), trace.num_experts)  # [g, E]
+        rates = s["share"].to_numpy().reshape(len(names), dc.num_experts)  # [g, E]
         mean = rates.mean(axis=0)
         used = mean > 0
         cv = rates.std(axis=0)[used] / mean[used]
@@ -166,63 +382,138 @@ def domain_cv(trace: Trace, by: str = "label") -> pl.DataFrame:
 
 
 # ---- vocabulary specialization ---------------------------------------------------------------
+#: A sparse count: sorted unique int64 keys and their int64 counts.
+Sparse = tuple[np.ndarray, np.ndarray]
+
+
+def _sparse(keys: np.ndarray) -> Sparse:
+    uniq, counts = np.unique(keys, return_counts=True)
+    return uniq.astype(np.int64), counts.astype(np.int64)
+
+
+def _sparse_add(a: Sparse, b: Sparse) -> Sparse:
+    """Exact sum of two sparse counts (integers throughout)."""
+    if not len(a[0]):
+        return b
+    if not len(b[0]):
+        return a
+    keys = np.concatenate([a[0], b[0]])
+    counts = np.concatenate([a[1], b[1]])
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(counts, starts)
+
+
+def _no_sparse() -> Sparse:
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+
+def _vocab_rows(chunk: Trace, next_token: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(token id credited to each kept row, the kept rows' experts [n, L, k])."""
+    if not next_token:
+        return chunk.token_ids.astype(np.int64), chunk.experts
+    n = chunk.num_tokens
+    nxt = np.empty(n, dtype=np.int64)
+    nxt[:-1] = chunk.token_ids[1:]
+    last = chunk.seq_offsets[1:][chunk.seq_lengths > 0] - 1
+    keep = np.ones(n, dtype=bool)
+    keep[last] = False
+    return nxt[keep], chunk.experts[keep]
+
+
+def _vocab_kernel(chunk: Trace, *, e: int, first_layer: int, next_token: bool) -> dict[Any, Sparse]:
+    ids, ex = _vocab_rows(chunk, next_token)
+    out: dict[Any, Sparse] = {}
+    if first_layer in chunk.layers:  # occurrences once, with the first layer's pass
+        out["occurrences"] = _sparse(ids)
+    for col, layer in enumerate(chunk.layers):
+        out[int(layer)] = _sparse((ids[:, None] * e + ex[:, col, :].astype(np.int64)).ravel())
+    return out
+
+
+def _vocab_merge(a: dict[Any, Sparse], b: dict[Any, Sparse]) -> dict[Any, Sparse]:
+    out = dict(a)
+    for key, val in b.items():
+        out[key] = _sparse_add(out[key], val) if key in out else val
+    return out
+
+
+def _vocab_finalize(
+    p: dict[Any, Sparse], *, e: int, layers: tuple[int, ...], min_count: int
+) -> pl.DataFrame:
+    ids, occ = p.get("occurrences", _no_sparse())
+    frequent = occ >= min_count
+    if not frequent.any():
+        raise InvalidParameterError(
+            f"no token id occurs {min_count} times or more; lower --min-count"
+        )
+    frames = []
+    for layer in layers:
+        keys, counts = p.get(layer, _no_sparse())
+        tok = keys // e
+        where = np.searchsorted(ids, tok)
+        tok_occ = occ[where]
+        keep = tok_occ >= min_count
+        frames.append(
+            pl.DataFrame(
+                {
+                    "layer": np.full(int(keep.sum()), layer, dtype=np.int32),
+                    "token_id": tok[keep].astype(np.int64),
+                    "expert": (keys[keep] % e).astype(np.int32),
+                    "occurrences": tok_occ[keep].astype(np.int64),
+                    "count": counts[keep].astype(np.int64),
+                    "share": counts[keep] / tok_occ[keep],
+                }
+            )
+        )
+    return pl.concat(frames)
+
+
+def vocabulary_reduction(
+    info: SourceInfo,
+    min_count: int = 10,
+    next_token: bool = False,
+    layers: Sequence[int] | None = None,
+) -> Reduction[dict[Any, Sparse], pl.DataFrame]:
+    """The reduction behind `vocabulary_specialization`: one layer at a time, sparse counts."""
+    sel = info.check_layers(layers)
+    e = info.num_experts
+    return Reduction(
+        kernel=partial(_vocab_kernel, e=e, first_layer=sel[0], next_token=next_token),
+        merge=_vocab_merge,
+        finalize=partial(_vocab_finalize, e=e, layers=sel, min_count=min_count),
+        empty=dict,
+        layers=sel,
+        per_layer=True,
+        name="vocabulary specialization",
+    )
+
+
 def vocabulary_specialization(
-    trace: Trace, min_count: int = 10, next_token: bool = False
+    data: Trace | TraceSource,
+    min_count: int = 10,
+    next_token: bool = False,
+    *,
+    layers: Sequence[int] | None = None,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> pl.DataFrame:
     """Per (layer, token_id, expert) with a nonzero count: for token ids seen ≥ min_count times,
     the share of their occurrences whose S_t contains e (OLMoE's vocabulary specialization).
 
     With next_token=True, a row's routing is credited to the id of the *next* token of the same
     sequence (what the model is about to predict); the last token of each sequence has none and
-    is dropped.
+    is dropped. Counts are kept sparse and read one layer at a time; on a large run, name the
+    `layers` you want (the result has a row per token id and expert it reaches, per layer).
     """
     if min_count < 1:
         raise InvalidParameterError(f"min_count must be ≥ 1, got {min_count}")
-    _require_tokens(trace, "vocabulary specialization")
-    if next_token:
-        nxt = np.empty(trace.num_tokens, dtype=np.int64)
-        nxt[:-1] = trace.token_ids[1:]
-        last = trace.seq_offsets[1:][trace.seq_lengths > 0] - 1
-        keep = np.ones(trace.num_tokens, dtype=bool)
-        keep[last] = False
-        ids = nxt[keep]
-        ex = trace.experts[keep]
-    else:
-        ids = trace.token_ids.astype(np.int64)
-        ex = trace.experts
-    uniq, inv, occ = np.unique(ids, return_inverse=True, return_counts=True)
-    frequent = occ >= min_count
-    if not frequent.any():
-        raise InvalidParameterError(
-            f"no token id occurs {min_count} times or more; lower --min-count"
-        )
-    # Re-code so only frequent ids are counted.
-    new_code = np.full(len(uniq), -1, dtype=np.int64)
-    new_code[frequent] = np.arange(int(frequent.sum()))
-    codes = new_code[inv]
-    sel = codes >= 0
-    codes, ex = codes[sel], ex[sel]
-    ids_f, occ_f = uniq[frequent], occ[frequent]
-    g, e = len(ids_f), trace.num_experts
-    frames = []
-    for col, layer in enumerate(trace.layers):
-        keys = codes[:, None] * e + ex[:, col, :].astype(np.int64)
-        c = np.bincount(keys.ravel(), minlength=g * e)
-        nz = np.flatnonzero(c)
-        tok = nz // e
-        frames.append(
-            pl.DataFrame(
-                {
-                    "layer": np.full(len(nz), layer, dtype=np.int32),
-                    "token_id": ids_f[tok].astype(np.int64),
-                    "expert": (nz % e).astype(np.int32),
-                    "occurrences": occ_f[tok].astype(np.int64),
-                    "count": c[nz].astype(np.int64),
-                    "share": c[nz] / occ_f[tok],
-                }
-            )
-        )
-    return pl.concat(frames)
+    source = as_source(data)
+    reduction = vocabulary_reduction(source.info, min_count, next_token, layers)
+    _require_tokens(source.info, "vocabulary specialization")
+    return run_reduction(source, reduction, max_rows=max_rows, progress=progress, executor=executor)
 
 
 def expert_top_tokens(vocab: pl.DataFrame, top: int = 10, min_share: float = 0.0) -> pl.DataFrame:
@@ -249,7 +540,8 @@ def _membership_gram(ex_a: np.ndarray, ex_b: np.ndarray, e: int) -> np.ndarray:
     """
     out = np.zeros(e * e, dtype=np.int64)
     for start in range(0, len(ex_a), _CHUNK):
-        a, b = ex_a[start : start + _CHUNK], ex_b[start : start + _CHUNK]
+        a = ex_a[start : start + _CHUNK].astype(np.int64)
+        b = ex_b[start : start + _CHUNK].astype(np.int64)
         keys = a[:, :, None] * e + b[:, None, :]
         out += np.bincount(keys.ravel(), minlength=e * e)
     return out.reshape(e, e)
@@ -276,76 +568,201 @@ def _pair_frame(gram: np.ndarray, n_i: np.ndarray, layer: int, layer_b: int | No
     return df
 
 
-def coactivation(trace: Trace, layer: int) -> pl.DataFrame:
+def _coact_kernel(chunk: Trace, *, e: int) -> dict[str, np.ndarray]:
+    """Gram of the chunk's first layer against its last (the same layer when it has one)."""
+    a = chunk.experts[:, 0, :]
+    b = chunk.experts[:, chunk.num_layers - 1, :]
+    n_i = np.bincount(a.astype(np.int64).ravel(), minlength=e).astype(np.int64)
+    return {"gram": _membership_gram(a, b, e), "n_i": n_i}
+
+
+def _coact_empty(e: int) -> dict[str, np.ndarray]:
+    return {"gram": np.zeros((e, e), dtype=np.int64), "n_i": np.zeros(e, dtype=np.int64)}
+
+
+def _coact_finalize(p: dict[str, np.ndarray], *, layer: int, layer_b: int | None) -> pl.DataFrame:
+    return _pair_frame(p["gram"], p["n_i"], layer, layer_b)
+
+
+def coactivation_reduction(
+    info: SourceInfo, layer: int, cross_layer: bool = False
+) -> Reduction[dict[str, np.ndarray], pl.DataFrame]:
+    """The reduction behind `coactivation` (cross_layer: `cross_layer_coactivation`)."""
+    col = _layer_in(info, layer)
+    layer_b = None
+    if cross_layer:
+        if col + 1 >= len(info.layers):
+            raise InvalidParameterError(
+                f"layer {layer} is the last MoE layer of this trace; pick one of "
+                f"{list(info.layers[:-1])}"
+            )
+        layer_b = info.layers[col + 1]
+    e = info.num_experts
+    return Reduction(
+        kernel=partial(_coact_kernel, e=e),
+        merge=add_arrays,
+        finalize=partial(_coact_finalize, layer=int(layer), layer_b=layer_b),
+        empty=partial(_coact_empty, e),
+        layers=(int(layer),) if layer_b is None else (int(layer), int(layer_b)),
+        name="co-activation",
+    )
+
+
+def coactivation(
+    data: Trace | TraceSource,
+    layer: int,
+    *,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
     """Within one layer, per ordered pair i ≠ j: N(i, j)/N(i), where N(i, j) counts tokens whose
     S_t holds both (every pair in S_t, not only rank-adjacent ones) and N(i) tokens holding i."""
-    _require_tokens(trace, "co-activation")
-    col = trace.layer_position(layer)
-    ex = trace.experts[:, col, :].astype(np.int64)
-    gram = _membership_gram(ex, ex, trace.num_experts)
-    return _pair_frame(gram, np.diag(gram).copy(), layer, None)
+    source = as_source(data)
+    reduction = coactivation_reduction(source.info, layer)
+    _require_tokens(source.info, "co-activation")
+    return run_reduction(source, reduction, max_rows=max_rows, progress=progress, executor=executor)
 
 
-def cross_layer_coactivation(trace: Trace, layer: int) -> pl.DataFrame:
+def cross_layer_coactivation(
+    data: Trace | TraceSource,
+    layer: int,
+    *,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
     """Between layer l and the next MoE layer l': per (i, j), the share of tokens with i in S_t at
     l that have j in S_t at l' (N(i at l, j at l') / N(i at l))."""
-    _require_tokens(trace, "co-activation")
-    col = trace.layer_position(layer)
-    if col + 1 >= trace.num_layers:
-        raise InvalidParameterError(
-            f"layer {layer} is the last MoE layer of this trace; pick one of "
-            f"{list(trace.layers[:-1])}"
-        )
-    a = trace.experts[:, col, :].astype(np.int64)
-    b = trace.experts[:, col + 1, :].astype(np.int64)
-    e = trace.num_experts
-    gram = _membership_gram(a, b, e)
-    n_i = np.bincount(a.ravel(), minlength=e).astype(np.int64)
-    return _pair_frame(gram, n_i, layer, trace.layers[col + 1])
+    source = as_source(data)
+    reduction = coactivation_reduction(source.info, layer, cross_layer=True)
+    _require_tokens(source.info, "co-activation")
+    return run_reduction(source, reduction, max_rows=max_rows, progress=progress, executor=executor)
 
 
 # ---- router saturation -----------------------------------------------------------------------
-def router_saturation(trace_a: Trace, trace_b: Trace) -> pl.DataFrame:
-    """Per layer: mean over tokens of |S_t ∩ S'_t| / k between two runs over the same tokens
-    (two checkpoints; steered vs unsteered), beside the chance level r = k/E."""
-    if trace_a.num_experts != trace_b.num_experts or trace_a.top_k != trace_b.top_k:
-        raise InvalidParameterError(
-            f"runs differ in experts/top-k (E={trace_a.num_experts}, k={trace_a.top_k} vs "
-            f"E={trace_b.num_experts}, k={trace_b.top_k}); compare runs of the same architecture"
+_SAME_TOKENS = (
+    "router saturation needs the same tokens in both runs (same sequences, same token ids); "
+    "collect both runs from the same prompts and phase"
+)
+
+
+class PairedSource:
+    """Two runs over the same tokens read in step: each chunk is run A's chunk, with run B's
+    chunk of the same sequences in `meta['paired']`. Both hold the same sequence lengths, so
+    both cut into the same chunks; each side reads at most half of `max_rows`."""
+
+    def __init__(self, a: TraceSource, b: TraceSource) -> None:
+        if not np.array_equal(a.seq_lengths(), b.seq_lengths()):
+            raise InvalidParameterError(_SAME_TOKENS)
+        self.a, self.b = a, b
+
+    @property
+    def info(self) -> SourceInfo:
+        return self.a.info
+
+    def seq_lengths(self) -> np.ndarray:
+        return self.a.seq_lengths()
+
+    def chunks(
+        self,
+        *,
+        layers: Sequence[int] | None = None,
+        max_rows: int = DEFAULT_CHUNK_ROWS,
+        align: int = 1,
+        seq_range: tuple[int, int] | None = None,
+    ) -> Iterator[Trace]:
+        kw = {"layers": layers, "max_rows": max(1, max_rows // 2), "align": align}
+        both = zip(
+            self.a.chunks(**kw, seq_range=seq_range),
+            self.b.chunks(**kw, seq_range=seq_range),
+            strict=True,
         )
-    if trace_a.layers != trace_b.layers:
-        raise InvalidParameterError(
-            f"runs have different MoE layers ({list(trace_a.layers)} vs {list(trace_b.layers)}); "
-            "select the same layers in both"
+        for ca, cb in both:  # equal sequence lengths: both cut at the same sequences
+            yield replace(ca, meta={**ca.meta, "paired": cb})
+
+    def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> PairedSource:
+        return PairedSource(
+            self.a.select(phase=phase, labels=labels), self.b.select(phase=phase, labels=labels)
         )
+
+
+def _saturation_kernel(chunk: Trace, *, n_layers: int) -> dict[str, np.ndarray]:
+    other: Trace = chunk.meta["paired"]
     same = (
-        np.array_equal(trace_a.seq_ids, trace_b.seq_ids)
-        and np.array_equal(trace_a.seq_offsets, trace_b.seq_offsets)
-        and np.array_equal(trace_a.token_ids, trace_b.token_ids)
+        other.num_tokens == chunk.num_tokens
+        and np.array_equal(chunk.seq_ids, other.seq_ids)
+        and np.array_equal(chunk.seq_offsets, other.seq_offsets)
+        and np.array_equal(chunk.token_ids, other.token_ids)
     )
     if not same:
-        raise InvalidParameterError(
-            "router saturation needs the same tokens in both runs (same sequences, same token "
-            "ids); collect both runs from the same prompts and phase"
-        )
-    _require_tokens(trace_a, "router saturation")
-    k, e = trace_a.top_k, trace_a.num_experts
-    out = []
-    for col, layer in enumerate(trace_a.layers):
-        total = 0
-        for start in range(0, trace_a.num_tokens, _CHUNK):
-            a = trace_a.experts[start : start + _CHUNK, col, :]
-            b = trace_b.experts[start : start + _CHUNK, col, :]
-            total += int((a[:, :, None] == b[:, None, :]).sum())
-        out.append(
-            {
-                "layer": layer,
-                "saturation": total / (k * trace_a.num_tokens),
-                "chance": k / e,
-                "n_tokens": trace_a.num_tokens,
-            }
-        )
+        raise InvalidParameterError(_SAME_TOKENS)
+    overlap = np.zeros(n_layers, dtype=np.int64)
+    for col in range(chunk.num_layers):
+        for start in range(0, chunk.num_tokens, _CHUNK):
+            a = chunk.experts[start : start + _CHUNK, col, :]
+            b = other.experts[start : start + _CHUNK, col, :]
+            overlap[col] += int((a[:, :, None] == b[:, None, :]).sum())
+    return {"overlap": overlap, "tokens": np.array([chunk.num_tokens], dtype=np.int64)}
+
+
+def _saturation_finalize(
+    p: dict[str, np.ndarray], *, layers: tuple[int, ...], k: int, e: int
+) -> pl.DataFrame:
+    n = int(p["tokens"][0])
+    out = [
+        {"layer": layer, "saturation": int(p["overlap"][col]) / (k * n), "chance": k / e,
+         "n_tokens": n}
+        for col, layer in enumerate(layers)
+    ]  # fmt: skip
     return pl.DataFrame(out, schema_overrides={"layer": pl.Int32})
+
+
+def saturation_reduction(info: SourceInfo) -> Reduction[dict[str, np.ndarray], pl.DataFrame]:
+    """The reduction behind `router_saturation`, over a `PairedSource` with `info`."""
+    n_layers = len(info.layers)
+    return Reduction(
+        kernel=partial(_saturation_kernel, n_layers=n_layers),
+        merge=add_arrays,
+        finalize=partial(
+            _saturation_finalize, layers=info.layers, k=info.top_k, e=info.num_experts
+        ),
+        empty=lambda: {
+            "overlap": np.zeros(n_layers, dtype=np.int64),
+            "tokens": np.zeros(1, dtype=np.int64),
+        },
+        name="router saturation",
+    )
+
+
+def router_saturation(
+    data_a: Trace | TraceSource,
+    data_b: Trace | TraceSource,
+    *,
+    max_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
+    """Per layer: mean over tokens of |S_t ∩ S'_t| / k between two runs over the same tokens
+    (two checkpoints; steered vs unsteered), beside the chance level r = k/E. The two runs are
+    read in step, chunk by chunk; they must hold the same sequences and token ids."""
+    a, b = as_source(data_a), as_source(data_b)
+    ia, ib = a.info, b.info
+    if ia.num_experts != ib.num_experts or ia.top_k != ib.top_k:
+        raise InvalidParameterError(
+            f"runs differ in experts/top-k (E={ia.num_experts}, k={ia.top_k} vs "
+            f"E={ib.num_experts}, k={ib.top_k}); compare runs of the same architecture"
+        )
+    if ia.layers != ib.layers:
+        raise InvalidParameterError(
+            f"runs have different MoE layers ({list(ia.layers)} vs {list(ib.layers)}); "
+            "select the same layers in both"
+        )
+    paired = PairedSource(a, b)
+    _require_tokens(ia, "router saturation")
+    return run_reduction(
+        paired, saturation_reduction(ia), max_rows=max_rows, progress=progress, executor=executor
+    )
 
 
 def top_specialized_experts(

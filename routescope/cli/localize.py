@@ -1,15 +1,110 @@
-"""`routescope localize`: which experts carry a behaviour, with honest statistics (DESIGN §4.4)."""
+"""`routescope localize`: which experts carry a behaviour, with honest statistics (DESIGN §4.4).
+
+Also the helpers the streaming analysis commands share: a progress bar that appears only when
+something is computed, the `--ray` executor, and a fingerprint of a run that a memoized result
+of another run depends on.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
 from routescope.cli._format import fmt, json_rows
+from routescope.core.errors import InvalidParameterError
+
+RAY_HELP = "Run the analysis as Ray tasks (a local cluster unless --address)."
+ADDRESS_HELP = "With --ray: address of a running Ray cluster ('auto', 'ray://host:10001')."
+
+
+class LazyBar:
+    """A `progress(done, total)` callback that opens a rich progress bar on its first call, so a
+    result served from the store's memo shows none. Use as a context manager."""
+
+    def __init__(self, console: Any, what: str) -> None:
+        self.console, self.what = console, what
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.console.quiet:
+            return
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn(self.what),
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.what, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@contextmanager
+def analysis_executor(use_ray: bool, address: str | None, quiet: bool) -> Iterator[Any]:
+    """None (this process), or a `RayExecutor` on a Ray session kept open for the whole command
+    (several reductions share one cluster; a local one is started and stopped here)."""
+    if not use_ray:
+        if address is not None:
+            raise InvalidParameterError("--address needs --ray")
+        yield None
+        return
+    from routescope.analysis.ray_driver import RayError, RayExecutor
+
+    try:
+        import ray
+    except ImportError:
+        raise RayError(
+            "--ray needs the ray package: pip install 'routescope[ray]' (or pip install ray)"
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=not quiet,
+            logging_level=logging.ERROR if quiet else logging.WARNING,
+        )
+        started = True
+    try:
+        yield RayExecutor(address, quiet=quiet)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_fingerprint(store: Any, run_id: str, source: Any) -> list[Any]:
+    """What identifies a run's contents for a memo entry kept under another run (whose writes
+    alone clear it): id, creation time, sequences and tokens read."""
+    created = store.run_info(run_id).get("created_at")
+    return [run_id, str(created), source.info.num_sequences, source.info.num_tokens]
 
 
 @app.command("localize")
@@ -21,7 +116,7 @@ def localize_cmd(
     control: str = typer.Option(
         ..., help="Control token set: label:NAME, set:NAME, run:RUN, target, or rest."
     ),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file (or Parquet export) to read."),
     top: int = typer.Option(20, help="Rows to show (0 = all)."),
     n_boot: int = typer.Option(1000, help="Prompt bootstrap resamples for the CI."),
     n_perm: int = typer.Option(1000, help="Prompt-label permutations for the p-value."),
@@ -34,31 +129,38 @@ def localize_cmd(
         None, help="Write a steering spec (JSON) deactivating the top experts with q ≤ --q-max."
     ),
     q_max: float = typer.Option(0.05, help="q-value cut for --spec-out."),
+    use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Rank (layer, expert) by risk difference p1 − p2 between target and control tokens, with a
-    prompt bootstrap CI, a prompt permutation p-value and Benjamini–Hochberg q-values."""
+    prompt bootstrap CI, a prompt permutation p-value and Benjamini–Hochberg q-values. The run is
+    read chunk by chunk (bounded memory); the result is kept in the store for next time."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from routescope.analysis import localization as lo
     from routescope.store import RoutingStore
 
     lo.parse_spec(target)
     lo.parse_spec(control)
-    err = Console(stderr=True, quiet=quiet)
-    with RoutingStore(db, read_only=True) as store:
+    err = Console(stderr=True, quiet=quiet or as_json)
+    with (
+        RoutingStore(db, read_only=True) as store,
+        analysis_executor(use_ray, address, quiet or as_json) as executor,
+    ):
         run_id = store.resolve_run(run)
         needs_base = not (target.startswith("run:") and control.startswith("run:"))
+        others: dict[str, list[Any]] = {}
 
         def load_run(name: str):  # noqa: ANN202
-            rid = store.resolve_run(name)  # outside the spinner: a bad name is one clean line
-            with err.status(f"loading run {rid}…"):
-                return store.load_trace(rid, phase=phase)
+            rid = store.resolve_run(name)
+            src = store.source(rid, phase=phase)
+            others[name] = run_fingerprint(store, rid, src)
+            return src
 
-        base = load_run(run_id) if needs_base else None
+        base = store.source(run_id, phase=phase) if needs_base else None
         t_set, c_set = lo.token_sets_from_specs(base, target, control, load_run=load_run)
-        params = {
+        params: dict[str, Any] = {
             "target": target,
             "control": control,
             "phase": phase,
@@ -67,16 +169,11 @@ def localize_cmd(
             "weight": weight,
             "seed": seed,
         }
+        if others:  # run: specs read other runs, whose writes do not clear this run's entries
+            params["other_runs"] = others
 
         def compute():  # noqa: ANN202
-            with Progress(
-                TextColumn("resampling prompts"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("resample", total=n_boot + n_perm)
+            with LazyBar(err, "localizing (reading, then resampling prompts)") as bar:
                 return lo.localize(
                     t_set,
                     c_set,
@@ -84,14 +181,11 @@ def localize_cmd(
                     n_perm=n_perm,
                     seed=seed,
                     weight=weight,
-                    progress=lambda n: bar.advance(task, n),
+                    progress=bar,
+                    executor=executor,
                 )
 
-        # A run: spec reads another run whose writes would not clear this run's cache entries.
-        uses_other_run = "run:" in target or "run:" in control
-        result = (
-            compute() if uses_other_run else store.memo_result(run_id, "localize", params, compute)
-        )
+        result = store.memo_result(run_id, "localize", params, compute)
     shown = result if top <= 0 else result.head(top)
     if spec_out is not None:
         spec = lo.steering_spec_from_ranking(result, top=top if top > 0 else 10**9, q_max=q_max)

@@ -128,12 +128,13 @@ def test_paired_target_spans_match_exact_sign_flips() -> None:
         flags.append(in_t)
     tr = Trace.from_sequences(seqs, 4, in_target=np.concatenate(flags))
     t, c = lo.split_target_spans(tr)
-    assert t.num_tokens == 12 and c.num_tokens == 20
+    tt, ct = t.to_trace(), c.to_trace()
+    assert tt.num_tokens == 12 and ct.num_tokens == 20
     r = lo.localize(t, c, n_boot=10, n_perm=20_000, seed=2)
     assert r["paired"].all()
     for expert in range(4):
-        n1, a1 = per_prompt(t, 0, expert)
-        n2, a2 = per_prompt(c, 0, expert)
+        n1, a1 = per_prompt(tt, 0, expert)
+        n2, a2 = per_prompt(ct, 0, expert)
         obs = a1.sum() / n1.sum() - a2.sum() / n2.sum()
         hits = 0
         for flip in product([False, True], repeat=4):
@@ -150,8 +151,8 @@ def test_bootstrap_ci_matches_index_resampling_reference() -> None:
     tr = synthetic(11, planted=((0, 5),), n_prompts=8, n_layers=1)
     t, c = lo.split_labels(tr, "t", "c")
     r = lo.localize(t, c, n_boot=4000, n_perm=10, seed=3)
-    n1, a1 = per_prompt(t, 0, 5)
-    n2, a2 = per_prompt(c, 0, 5)
+    n1, a1 = per_prompt(t.to_trace(), 0, 5)
+    n2, a2 = per_prompt(c.to_trace(), 0, 5)
     rng = np.random.default_rng(99)
     rds = []
     for _ in range(4000):
@@ -232,18 +233,18 @@ def test_benjamini_hochberg_matches_reference() -> None:
 # ---- constructors and designs -----------------------------------------------------------------
 def test_split_labels_rest_and_prompt_sets() -> None:
     tr = dataclasses.replace(hand_trace(), prompt_sets=np.array(["A", "B", "B"], dtype=object))
-    t, c = lo.split_labels(tr, "c")
+    t, c = (s.to_trace() for s in lo.split_labels(tr, "c"))
     assert t.num_tokens == 2 and c.num_tokens == 3
-    t, c = lo.split_prompt_sets(tr, "B")
+    t, c = (s.to_trace() for s in lo.split_prompt_sets(tr, "B"))
     assert t.num_tokens == 3 and c.num_tokens == 2 and list(c.seq_ids) == [0]
-    t, c = lo.split_prompt_sets(tr, "A", "B")
+    t, c = (s.to_trace() for s in lo.split_prompt_sets(tr, "A", "B"))
     assert t.num_tokens == 2 and c.num_tokens == 3
 
 
 def test_target_spans_with_control_label() -> None:
     tr = dataclasses.replace(hand_trace(), in_target=np.array([False, True, True, True, False]))
     t, c = lo.split_target_spans(tr, control="c")
-    assert t.num_tokens == 2 and c.num_tokens == 2  # seq2's target token belongs to control
+    assert t.to_trace().num_tokens == 2 and c.to_trace().num_tokens == 2  # seq2's: control
     r = lo.localize(t, c, n_boot=10, n_perm=10)
     assert not r["paired"][0]
 
@@ -285,7 +286,7 @@ def test_bad_input_errors() -> None:
         lo.localize(t, other_e)
     with pytest.raises(InvalidParameterError, match="share 2 prompts but not all"):
         lo.localize(t, tr)
-    empty = t.select_tokens(np.zeros(t.num_tokens, dtype=bool))
+    empty = t.to_trace().select_tokens(np.zeros(3, dtype=bool))
     with pytest.raises(InvalidParameterError, match="empty"):
         lo.localize(empty, c)
     with pytest.raises(InvalidParameterError, match="at least 1"):
@@ -452,11 +453,15 @@ def test_token_sets_from_specs() -> None:
         in_target=np.array([False, True, True, True, False]),
         prompt_sets=np.array(["A", "A", "B"], dtype=object),
     )
-    t, c = lo.token_sets_from_specs(tr, "label:t", "rest")
+    def both(*specs: str, **kw) -> tuple[Trace, Trace]:  # noqa: ANN003
+        t, c = lo.token_sets_from_specs(tr, *specs, **kw)
+        return t.to_trace(), c.to_trace()
+
+    t, c = both("label:t", "rest")
     assert (t.num_tokens, c.num_tokens) == (3, 2)
-    t, c = lo.token_sets_from_specs(tr, "set:B", "set:A")
+    t, c = both("set:B", "set:A")
     assert (t.num_tokens, c.num_tokens) == (2, 3)
-    t, c = lo.token_sets_from_specs(tr, "target", "rest")  # seq1 has no 'rest' tokens: dropped
+    t, c = both("target", "rest")  # seq1 has no 'rest' tokens: dropped
     assert list(t.seq_ids) == [0, 2] and list(c.seq_ids) == [0, 2]
     other = dataclasses.replace(hand_trace(), run_id="other")
     loaded: list[str] = []
@@ -465,7 +470,7 @@ def test_token_sets_from_specs() -> None:
         loaded.append(name)
         return other
 
-    t, c = lo.token_sets_from_specs(tr, "label:c", "run:other", load_run=load)
+    t, c = both("label:c", "run:other", load_run=load)
     assert loaded == ["other"] and c.num_tokens == 5 and t.num_tokens == 2
     for bad, msg in (
         ("labl:x", "cannot read token-set spec"),

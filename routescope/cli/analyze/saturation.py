@@ -1,12 +1,26 @@
-"""`routescope analyze saturation`: how much two runs' routing agrees over the same tokens."""
+"""`routescope analyze saturation`: how much two runs' routing agrees over the same tokens, read
+from the store in step, chunk by chunk (bounded memory), and kept in its memo of results."""
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
+from pathlib import Path
 
 import typer
 
 from routescope.cli._app import DEFAULT_DB, analyze_app
+from routescope.cli.localize import (
+    ADDRESS_HELP,
+    RAY_HELP,
+    LazyBar,
+    analysis_executor,
+    run_fingerprint,
+)
+
+
+def _same_store(a: str, b: str) -> bool:
+    return a == b or Path(a).resolve() == Path(b).resolve()
 
 
 @analyze_app.command("saturation")
@@ -19,6 +33,9 @@ def saturation_cmd(
         "prefill", help="prefill (default: the tokens both runs share), decode or all."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Router saturation (OLMoE): per layer, mean |S_t ∩ S'_t| / k between two runs over the same
     tokens — two checkpoints of a model, or a steered run and its unsteered twin — beside the
@@ -29,11 +46,27 @@ def saturation_cmd(
     from routescope.analysis.specialization import router_saturation
     from routescope.store.store import RoutingStore
 
-    with RoutingStore(db, read_only=True) as store:
-        a = store.load_trace(store.resolve_run(run_a), phase=phase)
-    with RoutingStore(db_b or db, read_only=True) as store:
-        b = store.load_trace(store.resolve_run(run_b), phase=phase)
-    frame = router_saturation(a, b)
+    err = Console(stderr=True, quiet=quiet or as_json)
+    with ExitStack() as stack:
+        store_a = stack.enter_context(RoutingStore(db, read_only=True))
+        other_db = db_b is not None and not _same_store(db, db_b)
+        store_b = stack.enter_context(RoutingStore(db_b, read_only=True)) if other_db else store_a
+        executor = stack.enter_context(analysis_executor(use_ray, address, quiet or as_json))
+        id_a, id_b = store_a.resolve_run(run_a), store_b.resolve_run(run_b)
+        src_a = store_a.source(id_a, phase=phase)
+        src_b = store_b.source(id_b, phase=phase)
+        params = {
+            "run_b": run_fingerprint(store_b, id_b, src_b),
+            "store_b": str(Path(db_b).resolve()) if other_db and db_b is not None else None,
+            "phase": phase,
+        }
+
+        def compute():  # noqa: ANN202
+            with LazyBar(err, f"comparing {id_a} with {id_b}") as bar:
+                return router_saturation(src_a, src_b, progress=bar, executor=executor)
+
+        frame = store_a.memo_result(id_a, "router_saturation", params, compute)
+        n_tokens = src_a.info.num_tokens
     if as_json:
         typer.echo(
             json.dumps(
@@ -41,7 +74,7 @@ def saturation_cmd(
             )
         )
         return
-    table = Table(title=f"router saturation {run_a} vs {run_b} ({phase}, {a.num_tokens:,} tokens)")
+    table = Table(title=f"router saturation {run_a} vs {run_b} ({phase}, {n_tokens:,} tokens)")
     for col in ("layer", "saturation", "chance k/E"):
         table.add_column(col, justify="right")
     for row in frame.iter_rows(named=True):

@@ -1,5 +1,5 @@
 """`routescope analyze specialization`: load, domain and vocabulary specialization, co-activation
-(DESIGN §4.3)."""
+(DESIGN §4.3), streamed from the store in bounded memory and kept in its memo of results."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import typer
 
 from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows
+from routescope.cli.localize import ADDRESS_HELP, RAY_HELP, LazyBar, analysis_executor
 
 
 @analyze_app.command("specialization")
 def specialization_cmd(
     run: str = typer.Argument("latest", help="Run id or name ('latest' for the newest)."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file (or Parquet export) to read."),
     by: str = typer.Option("label", help="Group tokens by 'label' or 'prompt_set'."),
     layer: int | None = typer.Option(None, help="Only this MoE layer (model layer number)."),
     phase: str = typer.Option("all", help="prefill, decode or all."),
@@ -31,6 +32,8 @@ def specialization_cmd(
         help="Also list the tokens each expert dominates (at --layer or the first).",
     ),
     min_count: int = typer.Option(10, help="--vocab: only token ids seen at least this often."),
+    use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No status messages."),
 ) -> None:
     """Expert load balance and domain specialization (OLMoE's share of a group's tokens per expert
@@ -44,22 +47,37 @@ def specialization_cmd(
     from routescope.store import RoutingStore
 
     err = Console(stderr=True, quiet=quiet or as_json)
-    with RoutingStore(db, read_only=True) as store:
+    with (
+        RoutingStore(db, read_only=True) as store,
+        analysis_executor(use_ray, address, quiet or as_json) as executor,
+    ):
         run_id = store.resolve_run(run)
+
+        # A fresh source per computation: saving a result from a read-only store reopens its
+        # connection, and a source holds the connection it was made with.
+        def source():  # noqa: ANN202
+            return store.source(run_id, phase=phase)
+
+        info = source().info
         layers = None if layer is None else [layer]
+        if layers is not None:
+            info.check_layers(layers)  # a bad --layer is one line before any reading
         no_domain = ""
 
         @cache
-        def trace():  # noqa: ANN202 - loaded once, only on a cache miss
-            with err.status(f"loading run {run_id}…"):
-                return store.load_trace(run_id, phase=phase, layers=layers)
+        def counts() -> sp.DomainCounts:  # one pass for load, summary, domain and CV
+            group = by if by in sp.GROUP_FIELDS else None
+            with LazyBar(err, f"counting experts per {by}") as bar:
+                return sp.domain_counts(
+                    source(), group, layers=layers, progress=bar, executor=executor
+                )
 
-        sel = {"phase": phase, "layers": None if layer is None else [layer]}
-        load = store.memo_analysis(run_id, sp.expert_load, trace, selection=sel)
-        summary = store.memo_analysis(run_id, sp.load_summary, trace, selection=sel)
+        sel = {"phase": phase, "layers": layers}
+        load = store.memo_analysis(run_id, sp.expert_load, counts, selection=sel, layers=layers)
+        summary = store.memo_analysis(run_id, sp.load_summary, counts, selection=sel, layers=layers)
         try:
             domain = store.memo_analysis(
-                run_id, sp.domain_specialization, trace, selection=sel, by=by
+                run_id, sp.domain_specialization, counts, selection=sel, by=by, layers=layers
             )
         except InvalidParameterError as exc:
             if "group by" in str(exc):
@@ -68,26 +86,42 @@ def specialization_cmd(
             no_domain = str(exc)
         n_groups = 0 if domain is None else domain[by].n_unique()
         cv = (
-            store.memo_analysis(run_id, sp.domain_cv, trace, selection=sel, by=by)
+            store.memo_analysis(run_id, sp.domain_cv, counts, selection=sel, by=by, layers=layers)
             if n_groups >= 2
             else None
         )
-        focus = layer if layer is not None else store.moe_layers(run_id)[0]
+        focus = layer if layer is not None else info.layers[0]
+        whole = {"phase": phase, "layers": None}  # keyed like the dashboard's entries
         vocab_rows = None
         if vocab:
-            voc = store.memo_result(
-                run_id,
-                "spec.vocab",
-                {"phase": phase, "layer": focus, "min_count": min_count},
-                lambda: sp.vocabulary_specialization(
-                    trace().select_layers([focus]), min_count=min_count
-                ),
-            )
-            strings = store.token_strings(run_id)
-            vocab_rows = sp.expert_top_tokens(voc, top=5).with_columns(
+            with LazyBar(err, f"counting token ids at layer {focus}") as bar:
+                voc = store.memo_analysis(
+                    run_id,
+                    sp.vocabulary_specialization,
+                    source,
+                    selection=whole,
+                    min_count=min_count,
+                    layers=[focus],
+                    progress=bar,
+                    executor=executor,
+                )
+            top_tokens = sp.expert_top_tokens(voc, top=5)
+            strings = store.token_strings(run_id, top_tokens["token_id"].to_list())
+            vocab_rows = top_tokens.with_columns(
                 pl.col("token_id").replace_strict(strings, default=None).alias("token")
             )
-        coact = sp.coactivation(trace(), focus) if plot is not None else None
+        coact = None
+        if plot is not None:
+            with LazyBar(err, f"co-activation at layer {focus}") as bar:
+                coact = store.memo_analysis(
+                    run_id,
+                    sp.coactivation,
+                    source,
+                    selection=whole,
+                    layer=focus,
+                    progress=bar,
+                    executor=executor,
+                )
     top_rows = (
         None
         if domain is None
