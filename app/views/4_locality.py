@@ -10,6 +10,7 @@ import polars as pl
 import streamlit as st
 
 from routescope.analysis import cache, consistency
+from routescope.analysis import policies as cache_policies
 from routescope.analysis.figures_locality import cache_figure, sch_figure, srp_figure
 
 
@@ -17,9 +18,7 @@ def _stored(db: str, version: str, run_id: str, fn: Any, **kwargs: Any) -> pl.Da
     """fn over the run's trace, through the store's analysis cache (shared with the CLI)."""
     return sh.read(
         db,
-        lambda s: s.memo_analysis(
-            run_id, fn, lambda: sh.load_trace(db, version, run_id), **kwargs
-        ),
+        lambda s: s.memo_analysis(run_id, fn, lambda: sh.load_trace(db, version, run_id), **kwargs),
     )
 
 
@@ -104,14 +103,17 @@ st.subheader("Expert-cache hit rates")
 c1, c2, c3 = st.columns(3)
 with c1:
     policies = st.multiselect(
-        "Policies", list(cache.DEFAULT_POLICIES), default=list(cache.DEFAULT_POLICIES)
+        "Policies",
+        list(cache_policies.default_policies()),
+        default=list(cache_policies.default_policies()),
+        help="; ".join(f"{p.name}: {p.description}" for p in cache_policies.registered()),
     )
 with c2:
-    service = st.selectbox("Service", ["stream", "token", "simultaneous"], key="cache_service")
+    service = st.selectbox("Service", list(cache_policies.SERVICES), key="cache_service")
 with c3:
-    start = st.selectbox("Start", ["cold", "warm"], key="cache_start")
-if service == "simultaneous":
-    policies = [p for p in policies if p != "belady-bypass"]
+    start = st.selectbox("Start", list(cache.STARTS), key="cache_start")
+# the policies defined under this service (e.g. belady-bypass is not, under simultaneous)
+policies = [p for p in policies if cache_policies.get_policy(p)[0].allows(service)]
 if "belady" not in policies:
     policies = [*policies, "belady"]  # the bound is always drawn
 with sh.guarded():

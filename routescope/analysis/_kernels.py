@@ -439,6 +439,72 @@ def _window_stats(X, offsets, chunks, n_experts, seg):
     return outG, outS, outW
 
 
+@njit(cache=True, parallel=True)
+def _distinct_hist(X, offsets, chunks, n_items):
+    """dist[l, D] = number of sequences whose layer-l requests name D distinct items."""
+    n_rows, n_layers, kk = X.shape
+    n_chunks = len(chunks) - 1
+    n_tasks = n_layers * n_chunks
+    acc = np.zeros((n_tasks, n_items + 1), dtype=np.int64)
+    for task in prange(n_tasks):
+        layer = task // n_chunks
+        ch = task % n_chunks
+        mark = np.full(n_items, -1, dtype=np.int64)
+        for s in range(chunks[ch], chunks[ch + 1]):
+            d = 0
+            for row in range(offsets[s], offsets[s + 1]):
+                for j in range(kk):
+                    e = X[row, layer, j]
+                    if e >= 0 and mark[e] != s:
+                        mark[e] = s
+                        d += 1
+            acc[task, d] += 1
+    out = np.zeros((n_layers, n_items + 1), dtype=np.int64)
+    for task in range(n_tasks):
+        out[task // n_chunks] += acc[task]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _repetition_counts(X, offsets):
+    """Consecutive token rows of one sequence, per layer: (pairs, top1[nL], share[nL],
+    overlap[nL]) = pairs, pairs whose top-1 expert repeats, pairs whose top-2 sets share an expert,
+    and the sum over pairs of how many of the later token's experts the earlier token also had."""
+    n_rows, n_layers, kk = X.shape
+    pairs = 0
+    for s in range(len(offsets) - 1):
+        if offsets[s + 1] > offsets[s]:
+            pairs += offsets[s + 1] - offsets[s] - 1
+    top1 = np.zeros(n_layers, dtype=np.int64)
+    share = np.zeros(n_layers, dtype=np.int64)
+    overlap = np.zeros(n_layers, dtype=np.int64)
+    for layer in prange(n_layers):
+        t1 = 0
+        sh = 0
+        ov = 0
+        for s in range(len(offsets) - 1):
+            for row in range(offsets[s] + 1, offsets[s + 1]):
+                if X[row, layer, 0] == X[row - 1, layer, 0]:
+                    t1 += 1
+                if kk >= 2:
+                    hit = False
+                    for j in range(2):
+                        for i in range(2):
+                            if X[row, layer, j] == X[row - 1, layer, i]:
+                                hit = True
+                    if hit:
+                        sh += 1
+                for j in range(kk):
+                    for i in range(kk):
+                        if X[row, layer, j] == X[row - 1, layer, i]:
+                            ov += 1
+                            break
+        top1[layer] = t1
+        share[layer] = sh
+        overlap[layer] = ov
+    return pairs, top1, share, overlap
+
+
 @njit(cache=True)
 def step_requests(X, offsets, batch_size, n_items):
     """Batch steps: sequences are grouped in batches of `batch_size` (in trace order) and a step
@@ -515,3 +581,13 @@ def static_topc(X, offsets, chunks, n_items):
 def window_stats(X, offsets, chunks, n_experts, seg):
     """Sliding-window count statistics (see `_window_stats`): (G, S, W) per layer."""
     return _run(_window_stats, X, offsets, chunks, n_experts, seg)
+
+
+def distinct_hist(X, offsets, chunks, n_items):
+    """dist[l, D] = number of sequences whose layer-l requests name D distinct items (warm start)."""
+    return _run(_distinct_hist, X, offsets, chunks, n_items)
+
+
+def repetition_counts(X, offsets):
+    """(pairs, top1, share, overlap) of consecutive token rows (see `_repetition_counts`)."""
+    return _run(_repetition_counts, X, offsets)

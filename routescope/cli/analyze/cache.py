@@ -1,4 +1,7 @@
-"""`routescope analyze cache`: expert-cache hit rates and their bounds (DESIGN §4.2)."""
+"""`routescope analyze cache`: expert-cache hit rates and their bounds (DESIGN §4.2).
+
+Policies, their defaults and help come from the policy table (`routescope.analysis.policies`).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,25 @@ from typing import Any
 
 import typer
 
+from routescope.analysis.policies import default_policies, valid_names
 from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows, parse_int_list
-from routescope.cli.analyze.consistency import _trace_loader
+from routescope.cli.analyze.consistency import (
+    ADDRESS_HELP,
+    RAY_HELP,
+    RowProgress,
+    executor_for,
+    source_loader,
+)
 from routescope.core.errors import InvalidParameterError
 
 
 @analyze_app.command("cache")
 def cache_cmd(
     run: str = typer.Argument("latest", help="Run id or name ('latest' for the newest)."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file (or Parquet export) to read."),
     policies: str = typer.Option(
-        "lru,lfu,fifo,static,lookahead-16,belady,belady-bypass",
-        help="Comma list of lru, lfu, fifo, static, lookahead-<L>, belady, belady-bypass.",
+        ",".join(default_policies()), help=f"Comma list of {valid_names()}."
     ),
     capacities: str | None = typer.Option(
         None, help="Experts per layer: 1,2,4 or 1-64 (default: 1..E)."
@@ -36,38 +45,43 @@ def cache_cmd(
     label: list[str] = typer.Option(None, "--label", help="Only sequences with this label."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     plot: Path | None = typer.Option(None, help="Write a plotly figure (.html, or .png)."),
+    use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status messages."),
 ) -> None:
-    """Expert-cache hit rates: LRU, LFU, FIFO, static, lookahead-L, Belady/MIN and belady-bypass
-    at every capacity, exact on every sequence (Belady is the bound under stream service)."""
+    """Expert-cache hit rates of every registered policy (LRU, LFU, FIFO, static, lookahead-L,
+    Belady/MIN, belady-bypass, ...) at every capacity, exact on every sequence (Belady is the
+    bound under stream service)."""
     from rich.console import Console
 
     from routescope.analysis import cache as ca
-    from routescope.store import RoutingStore
 
     pols = [p.strip().lower() for p in policies.split(",") if p.strip()]
     if not pols:
         raise InvalidParameterError("no policies given; e.g. --policies lru,belady")
-    for p in pols:
-        ca.parse_policy(p)
     caps = parse_int_list(capacities, "capacities") if capacities else None
     for value, allowed, what in (
         (scope, ca.SCOPES, "scope"),
         (service, tuple(ca.SERVICES), "service"),
         (start, ca.STARTS, "start"),
         (granularity, ca.GRANULARITIES, "granularity"),
-        (phase, ("split", "all", "prefill", "decode"), "phase"),
+        (phase, ca.PHASE_CHOICES, "phase"),
     ):
         if value not in allowed:
             raise InvalidParameterError(
                 f"unknown {what} {value!r}; use one of {', '.join(allowed)}"
             )
+    ca.check_policies(pols, service)
     labels = sorted(label) if label else None
+    executor = executor_for(use_ray, address)
     err = Console(stderr=True, quiet=quiet or as_json)
-    with RoutingStore(db, read_only=True) as store:
+    from routescope.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store, RowProgress(not (quiet or as_json)) as bar:
         run_id = store.resolve_run(run)
-        load_phase = phase if phase in ("prefill", "decode") else "all"
-        trace = _trace_loader(store, run_id, load_phase, labels, err)
+        # all phases: the analysis picks the phase per chunk, so batch steps group the same
+        # sequences whatever the phase
+        source = source_loader(store, run_id, "all", labels)
         params = {
             "policies": pols,
             "capacities": caps,
@@ -80,7 +94,12 @@ def cache_cmd(
             "labels": labels,
         }
         df = store.memo_analysis(
-            run_id, ca.cache_hit_rates, trace, progress=not (quiet or as_json), **params
+            run_id,
+            ca.cache_hit_rates,
+            source,
+            progress=bar.task("cache policies"),
+            executor=executor,
+            **params,
         )
     if plot is not None:
         from routescope.analysis.figures_locality import cache_figure, write_figure

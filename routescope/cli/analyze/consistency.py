@@ -1,10 +1,16 @@
-"""`routescope analyze consistency`: repetition, SRP and SCH of a run (DESIGN §4.1)."""
+"""`routescope analyze consistency`: repetition, SRP and SCH of a run (DESIGN §4.1).
+
+The run is read chunk by chunk from the store (`RoutingStore.source`), in one process or as Ray
+tasks (`--ray [--address ADDR]`), and each result is kept in the store's memo of analysis results.
+`RowProgress` and `executor_for` are shared with `routescope analyze cache`.
+"""
 
 from __future__ import annotations
 
 import json
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import typer
@@ -13,27 +19,91 @@ from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows, parse_int_list
 from routescope.core.errors import InvalidParameterError
 
+RAY_HELP = "Run the analysis as Ray tasks (a local Ray unless --address)."
+ADDRESS_HELP = "With --ray: the Ray cluster address ('auto', 'ray://host:10001')."
 
-def _trace_loader(store: Any, run_id: str, phase: str, labels: list[str] | None, err: Any):
-    @cache
-    def trace():  # noqa: ANN202 - loaded once, only on a cache miss
-        with err.status(f"loading run {run_id}…"):
-            return store.load_trace(run_id, phase=phase, labels=labels)
 
-    return trace
+def executor_for(use_ray: bool, address: str | None) -> Any:
+    """A `RayExecutor` for --ray (at `address`, or a local Ray), else None (this process)."""
+    if address is not None and not use_ray:
+        raise InvalidParameterError("--address is for --ray; add --ray or leave it out")
+    if not use_ray:
+        return None
+    from routescope.analysis.ray_driver import RayExecutor, _import_ray
+
+    _import_ray()  # one clear line now if ray is missing
+    return RayExecutor(address)
+
+
+def source_loader(store: Any, run_id: str, phase: str, labels: list[str] | None) -> Callable:
+    """The run as a `TraceSource`, made only when a result is not in the memo (afresh for each
+    analysis: saving a result from a read-only store reopens its connection)."""
+
+    def source() -> Any:
+        return store.source(run_id, phase=phase, labels=labels)
+
+    return source
+
+
+class RowProgress:
+    """A rich progress bar of route rows processed, one line per analysis pass (none if off)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> RowProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed:,.0f} / {task.total:,.0f} route rows"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def task(self, what: str) -> Callable[[int, int], None] | None:
+        """A `progress(done, total)` callback whose line appears when the pass starts."""
+        if self._bar is None:
+            return None
+        bar, ids = self._bar, []
+
+        def update(done: int, total: int) -> None:
+            if not ids:
+                ids.append(bar.add_task(what, total=max(total, 1)))
+            bar.update(ids[0], completed=done, total=max(total, 1))
+
+        return update
 
 
 @analyze_app.command("consistency")
 def consistency_cmd(
     run: str = typer.Argument("latest", help="Run id or name ('latest' for the newest)."),
-    db: str = typer.Option(DEFAULT_DB, help="DuckDB file to read."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file (or Parquet export) to read."),
     segments: str = typer.Option("4,16,64,256", help="Segment lengths L, e.g. 4,16,64,256 or 1-8."),
     phase: str = typer.Option("all", help="all, prefill or decode."),
     label: list[str] = typer.Option(None, "--label", help="Only sequences with this label."),
     seed: int = typer.Option(0, help="Seed of the shuffled-order baseline."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     plot: Path | None = typer.Option(None, help="Write a plotly figure (.html, or .png)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No status messages."),
+    use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status messages."),
 ) -> None:
     """Local routing consistency: repetition rates (Mixtral's Table 5), SRP with its floor and
     shuffled-order baseline, and the segment-oracle SCH (Liang et al. 2025)."""
@@ -43,21 +113,30 @@ def consistency_cmd(
     from routescope.store import RoutingStore
 
     segs = cons.check_segment_lengths(parse_int_list(segments, "segment lengths"))
-    if phase not in ("all", "prefill", "decode"):
+    if phase not in cons.CONSISTENCY_PHASES:
         raise InvalidParameterError(f"unknown phase {phase!r}; use one of all, prefill, decode")
     labels = sorted(label) if label else None
+    executor = executor_for(use_ray, address)
     err = Console(stderr=True, quiet=quiet or as_json)
-    with RoutingStore(db, read_only=True) as store:
+    with RoutingStore(db, read_only=True) as store, RowProgress(not (quiet or as_json)) as bar:
         run_id = store.resolve_run(run)
-        trace = _trace_loader(store, run_id, phase, labels, err)
-        sel = {"phase": phase, "labels": labels}
-        rep = store.memo_analysis(run_id, cons.repetition_rates, trace, **sel)
-        with err.status("SRP…"):
-            srp = store.memo_analysis(
-                run_id, cons.srp, trace, segment_lengths=segs, shuffled_seed=seed, **sel
-            )
-        with err.status("SCH…"):
-            sch = store.memo_analysis(run_id, cons.sch, trace, segment_lengths=segs, **sel)
+        source = source_loader(store, run_id, phase, labels)
+        sel: dict[str, Any] = {"phase": phase, "labels": labels, "executor": executor}
+        rep = store.memo_analysis(
+            run_id, cons.repetition_rates, source, progress=bar.task("repetition"), **sel
+        )
+        srp = store.memo_analysis(
+            run_id,
+            cons.srp,
+            source,
+            segment_lengths=segs,
+            shuffled_seed=seed,
+            progress=bar.task("SRP"),
+            **sel,
+        )
+        sch = store.memo_analysis(
+            run_id, cons.sch, source, segment_lengths=segs, progress=bar.task("SCH"), **sel
+        )
     if plot is not None:
         from routescope.analysis.figures_locality import srp_figure, write_figure
 
