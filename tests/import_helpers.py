@@ -93,7 +93,12 @@ def collect_original(root: Path) -> Original:
     code.write_text("\n".join(json.dumps({"text": t, "label": "code"}) for t in CODE) + "\n")
     db = str(root / "orig.duckdb")
     job = job_from_options(
-        [str(prose), str(code)], db=db, batch_size=3, max_new_tokens=2, model=str(model_dir)
+        [str(prose), str(code)],
+        db=db,
+        batch_size=3,
+        max_new_tokens=2,
+        save_probs=True,
+        model=str(model_dir),
     )
     run_job(job, quiet=True, lm=lm, collect_fn=collect_batch)
     with RoutingStore(db, read_only=True) as store:
@@ -118,6 +123,17 @@ def per_sequence(trace) -> list[dict[str, np.ndarray]]:
             }
         )
     return out
+
+
+def router_probs(db: str, run: str) -> np.ndarray:
+    """float32[N, L, E]: the run's full router distributions, rows in (seq_id, pos) order."""
+    con = duckdb.connect(db, read_only=True)
+    rows = con.execute(
+        "SELECT probs FROM router_probs WHERE run_id = ? ORDER BY seq_id, pos, layer", [run]
+    ).fetchall()
+    con.close()
+    flat = np.asarray([r[0] for r in rows], dtype=np.float32)
+    return flat.reshape(-1, len(MOE_LAYERS), flat.shape[-1])
 
 
 def imported_trace(db: str, run: str):
