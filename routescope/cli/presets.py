@@ -114,3 +114,27 @@ def presets_delete(
     with RoutingStore(db) as store:
         p = delete_preset(store.con, name)
     typer.echo(f"deleted preset {p.name} ({p.preset_id})")
+
+
+@presets_app.command("export")
+def presets_export(
+    name: str = typer.Argument(..., help="Preset name (or id)."),
+    fmt: str = typer.Option(
+        ..., "--format", help="easysteer (layer_configs JSON) or steermoe (risk-difference CSV)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write here (default: standard output)."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file."),
+) -> None:
+    """Write a preset for a serving-time steering tool (EasySteer, SteerMoE)."""
+    from routescope.steering.exports import export_preset
+    from routescope.steering.presets import get_preset
+    from routescope.store import RoutingStore
+
+    with RoutingStore(db, read_only=True) as store:
+        p = get_preset(store.con, name)
+    text = export_preset(p.spec, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text)
+    typer.echo(f"wrote preset {p.name} as {fmt} to {out}")
