@@ -62,15 +62,22 @@ def token_route_heatmap(
     notes: Notes | None = None,
 ) -> go.Figure:
     """Token × layer heatmap of one sequence's top-1 expert ids ([T, L, k] arrays); hovering a
-    cell shows the token, and its experts and weights at every layer (the hovered one first)."""
+    cell shows its layer's experts and weights (bold), then the token and its experts and weights
+    at every layer.
+
+    The every-layer listing is stored once per token, as the token's (categorical) x value,
+    not once per cell: the figure stays small (a cell's text is its own layer only), which keeps
+    wide models' pages fast in the browser.
+    """
     t, n_layers, _ = experts.shape
     z = experts[:, :, 0].T.astype(float)  # [L, T]
-    per_token = [token_route_text(experts[i], weights[i], layers, notes) for i in range(t)]
+    per_token = [
+        f"pos {i} {tokens[i]!r}<br>{token_route_text(experts[i], weights[i], layers, notes)}"
+        for i in range(t)
+    ]  # unique: the position leads
     text = [
         [
-            f"pos {i} {tokens[i]!r}<br><b>layer {layer}: "
-            f"{token_cell_text(experts[i, j], weights[i, j], layer, notes)}</b><br>"
-            f"{per_token[i]}"
+            f"<b>layer {layer}: {token_cell_text(experts[i, j], weights[i, j], layer, notes)}</b>"
             for i in range(t)
         ]
         for j, layer in enumerate(layers)
@@ -86,13 +93,13 @@ def token_route_heatmap(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=list(range(t)),
+            x=per_token,
             y=[str(x) for x in layers],
             zmin=-0.5,
             zmax=num_experts - 0.5,
             colorscale=scale,
             text=text,
-            hoverinfo="text",
+            hovertemplate="%{text}<br>%{x}<extra></extra>",
             colorbar={"title": "top-1 expert"},
         )
     )
@@ -100,8 +107,9 @@ def token_route_heatmap(
         title="Top-1 expert per token and layer (hover: all experts and weights)",
         xaxis={
             "title": "token",
+            "type": "category",
             "tickmode": "array",
-            "tickvals": list(range(t)),
+            "tickvals": per_token,
             "ticktext": [str(s) for s in tokens],
         },
         yaxis_title="layer",

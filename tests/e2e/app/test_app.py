@@ -132,12 +132,17 @@ def test_tokens_page_colours_and_heatmap_match_the_store(fixture_store, monkeypa
     heat = spec["data"][0]
     assert heat["type"] == "heatmap"
     assert np.array_equal(arr(heat["z"]), top1.T)  # [layer, token] = top-1 expert id
-    # hover on a cell lists every layer's experts and weights of that token
+    # hover on a cell: its layer's experts and weights (the cell's text), then every layer's
+    # (the token's x value, stored once per token, shown by the hover template)
     pos, layer, experts, weights = rows[-1]
     cell = heat["text"][len(layers) - 1][n_pos - 1]
+    assert cell.startswith(f"<b>layer {layer}: e{experts[0]} {weights[0]:.2f}")
+    listing = heat["x"][n_pos - 1]
+    assert listing.startswith(f"pos {n_pos - 1} ")
     for lay in layers:
-        assert f"L{lay}: " in cell
-    assert f"e{experts[0]} {weights[0]:.2f}" in cell
+        assert f"L{lay}: " in listing
+    assert f"L{layer}: e{experts[0]} {weights[0]:.2f}" in listing
+    assert heat["hovertemplate"] == "%{text}<br>%{x}<extra></extra>"
 
     # the coloured text: one span per token, in the colour of its top-1 expert at the chosen layer
     from routescope.analysis.figures_app import expert_colors

@@ -315,8 +315,12 @@ def test_tokens_and_steering_pages_render_in_chromium(served_app, browser, tmp_p
     )
     assert "Presets" in browser.js("document.body.innerText")
     # the playground and the steered collection offer it (their pickers exist only with a preset)
-    assert value_of(browser, ".st-key-play_preset") == "browser-preset"
-    assert value_of(browser, ".st-key-collect_preset") == "browser-preset"
+    for picker in (".st-key-play_preset", ".st-key-collect_preset"):
+        wait_for(
+            lambda p=picker: value_of(browser, p) == "browser-preset",
+            30,
+            f"{picker} to offer browser-preset",
+        )
     # the preset table (a canvas grid; its cells are mirrored in an accessible <table>)
     layer = store["layers"][0]
     cells = wait_for(

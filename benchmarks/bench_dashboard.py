@@ -1,0 +1,412 @@
+"""Dashboard page times and server memory on a 1M-token OLMoE-shaped run, in headless Chromium.
+
+A synthetic run (16 MoE layers, top-8 of 64, 2,048 sequences of 512 tokens; `benchmarks/synthetic.py`)
+is written to a DuckDB file; `streamlit run app/main.py` (the command `routescope app` runs) serves
+it; headless Chromium, driven over the DevTools protocol, opens each page of the app's page table
+(app/pages.py) and waits until it has settled: its title and charts drawn, no script running, no
+spinner or progress bar, and still so half a second later. Three passes:
+- first view: a fresh server and an empty results memo (every analysis computed, with progress);
+- repeat view: the same pages again in the same server (its caches);
+- fresh server: a new server process over the same file, whose results memo now holds every
+  result (what a second user, or the CLI's results, gives).
+The server's peak resident memory is its VmHWM (/proc) at the end of each server's life.
+
+Targets (issue 12): first view <= 20 s, repeat view <= 2 s, server < 2 GiB.
+
+Rerun:  python benchmarks/bench_dashboard.py [--db PATH] [--tokens 1048576] [--out PATH]
+(--db keeps the synthetic store for later runs; it is built when missing.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.synthetic
+sys.path.insert(0, str(ROOT / "app"))  # the app's page table
+
+import pages as manifest  # noqa: E402
+
+from benchmarks.synthetic import write_synthetic_run  # noqa: E402
+from routescope.cli.dashboard import streamlit_command  # noqa: E402
+
+RUN_ID = "olmoe-1m"
+CHROMIUM = next(
+    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()),
+    None,
+)
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Seconds a page may take before it counts as failed.
+PAGE_TIMEOUT = 900.0
+#: A page counts as settled when its ready test holds now and this many seconds later.
+SETTLE = 0.5
+
+#: page key → extra JS test of what the page shows once rendered (beside its title, no script
+#: running, no spinner, no progress bar).
+SHOWN = {
+    "runs": "document.querySelectorAll('[data-testid=\"stMetric\"]').length >= 5",
+    "tokens": "plots() >= 1 && document.querySelectorAll('.rs-tok').length > 0",
+    "experts": "plots() >= 4",
+    "locality": "plots() >= 3",
+    "localization": "plots() >= 1 && document.querySelectorAll('[data-testid=\"stDataFrame\"]')"
+    ".length >= 1",
+    "steering": "document.body.innerText.includes('Playground')",
+    "sql": "document.querySelectorAll('textarea').length >= 1",
+}
+READY = """(() => {{
+  const plots = () => document.querySelectorAll('.js-plotly-plot .main-svg').length;
+  const h1 = Array.from(document.querySelectorAll('h1')).some(h => h.innerText.trim() === {title});
+  const busy = document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSpinner"],'
+    + ' [data-testid="stProgress"], [data-testid="stSkeleton"]');
+  const errors = Array.from(document.querySelectorAll('[data-testid="stException"],'
+    + ' [data-testid="stAlertContentError"]')).map(e => e.innerText.slice(0, 300));
+  if (errors.length) return {{errors}};
+  return h1 && !busy && ({shown}) ? {{ready: true}} : {{}};
+}})()"""
+
+
+# ---- the browser ---------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class CDP:
+    """A minimal Chrome DevTools protocol client over one page's websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None, open_timeout=30)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, timeout: float = 120, **params: object) -> dict:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.1)))
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def js(self, expression: str) -> object:
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+
+class Browser:
+    """Headless Chromium with a fresh profile and a CDP client on its first page."""
+
+    def __init__(self, profile: Path) -> None:
+        if CHROMIUM is None:
+            raise SystemExit("Chromium is not installed (apt-get install chromium)")
+        self.proc = subprocess.Popen(
+            [
+                CHROMIUM,
+                *CHROME_FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1400,1000",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        active = profile / "DevToolsActivePort"
+        wait_for(lambda: active.exists() and active.read_text().strip(), 60, "Chromium")
+        port = active.read_text().split()[0]
+        targets = wait_for(
+            lambda: [
+                t
+                for t in json.loads(http_get(f"http://127.0.0.1:{port}/json/list") or "[]")
+                if t.get("type") == "page"
+            ],
+            30,
+            "a Chromium page",
+        )
+        self.cdp = CDP(targets[0]["webSocketDebuggerUrl"])
+        self.cdp.call("Page.enable")
+        self.cdp.call("Runtime.enable")
+
+    def view(self, url: str, page: manifest.Page) -> tuple[float, str | None]:
+        """Open url; (seconds until the page settled, error text or None)."""
+        test = READY.format(title=json.dumps(page.title), shown=SHOWN.get(page.key, "true"))
+        t0 = time.perf_counter()
+        self.cdp.call("Page.navigate", url=url)
+        deadline = t0 + PAGE_TIMEOUT
+        while time.perf_counter() < deadline:
+            state = self.cdp.js(test) or {}
+            if state.get("errors"):
+                return time.perf_counter() - t0, "; ".join(state["errors"])
+            if state.get("ready"):
+                at = time.perf_counter() - t0
+                time.sleep(SETTLE)
+                if (self.cdp.js(test) or {}).get("ready"):
+                    return at, None
+                continue
+            time.sleep(0.1)
+        return time.perf_counter() - t0, f"not settled after {PAGE_TIMEOUT:.0f} s"
+
+    def close(self) -> None:
+        self.cdp.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ---- the server ----------------------------------------------------------------------------------
+def proc_kib(pid: int, field_name: str) -> int:
+    """A memory field (VmRSS, VmHWM) of /proc/<pid>/status in KiB (0 once the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Server:
+    """`streamlit run app/main.py` over db on a free port."""
+
+    def __init__(self, db: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.log = (workdir / f"streamlit-{self.port}.log").open("w")
+        env = {**os.environ, "ROUTESCOPE_DB": db}
+        self.proc = subprocess.Popen(
+            streamlit_command(db, self.port, "127.0.0.1"),
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_for(lambda: http_get(f"{self.base}/_stcore/health") == "ok", 120, "streamlit")
+
+    def rss_mib(self) -> float:
+        return proc_kib(self.proc.pid, "VmRSS") / 1024
+
+    def peak_mib(self) -> float:
+        return proc_kib(self.proc.pid, "VmHWM") / 1024
+
+    def stop(self) -> float:
+        """Stop the server; its peak resident memory in MiB."""
+        peak = self.peak_mib()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        return peak
+
+
+# ---- the benchmark -------------------------------------------------------------------------------
+@dataclass
+class Pass:
+    name: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    rss_after: dict[str, float] = field(default_factory=dict)
+
+
+def view_all(browser: Browser, server: Server, name: str, keys: list[str]) -> Pass:
+    out = Pass(name)
+    for key in keys:
+        page = manifest.page(key)
+        seconds, error = browser.view(f"{server.base}/{page.url_path}", page)
+        out.seconds[key] = seconds
+        out.rss_after[key] = server.rss_mib()
+        if error:
+            out.errors[key] = error
+        status = f"error: {error[:200]}" if error else "ok"
+        print(
+            f"  {name:<13} {key:<13} {seconds:7.2f} s  rss {out.rss_after[key]:7.0f} MiB  {status}"
+        )
+    return out
+
+
+def build(db: str, tokens: int) -> str:
+    t0 = time.perf_counter()
+    out = write_synthetic_run(
+        db, RUN_ID, tokens=tokens, seq_len=512, layers=16, experts=64, top_k=8, seed=0
+    )
+    size = Path(db).stat().st_size / 2**20
+    return (
+        f"Built in {time.perf_counter() - t0:.0f} s with `benchmarks/synthetic.py` "
+        f"({int(out['route_rows']):,} route rows, {size:,.0f} MiB)."
+    )
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    mem = proc_total_gib()
+    chrome = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
+    import streamlit
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Python "
+        f"{platform.python_version()}, streamlit {streamlit.__version__}, duckdb "
+        f"{duckdb.__version__}, {chrome}; load average at the end: {load} (a shared machine)"
+    )
+
+
+def proc_total_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def report(
+    args: argparse.Namespace,
+    keys: list[str],
+    passes: list[Pass],
+    peaks: list[float],
+    built: str,
+    tokens: int,
+) -> str:
+    first, repeat, fresh = passes
+    ok = lambda p, k, limit: (  # noqa: E731
+        "error" if k in p.errors else ("yes" if p.seconds[k] <= limit else "**no**")
+    )
+    lines = [
+        "# Dashboard: page times and server memory",
+        "",
+        f"Run: synthetic, OLMoE-shaped (16 MoE layers, top-8 of 64 experts), {tokens:,} tokens in "
+        f"{tokens // 512:,} sequences of 512 (4 labels), written with `RoutingStore.write_batch` "
+        f"and clustered like a finished collection. {built}",
+        "",
+        "Each page opened in headless Chromium (DevTools protocol) until settled: title and charts "
+        "drawn, no script running, no spinner or progress bar, still so 0.5 s later (time to the "
+        "first such moment). Pages with their default choices (first sequence, middle layer, "
+        "default segment lengths and policies, first label against the rest).",
+        "",
+        "| page | first view s | repeat view s | fresh server, results in the memo s | "
+        "first ≤ 20 s | repeat ≤ 2 s |",
+        "|---|---:|---:|---:|:---:|:---:|",
+    ]
+    for k in keys:
+        cells = [f"{p.seconds[k]:.2f}" + (" (error)" if k in p.errors else "") for p in passes]
+        lines.append(
+            f"| {manifest.page(k).title} | {' | '.join(cells)} | {ok(first, k, 20)} | "
+            f"{ok(repeat, k, 2)} |"
+        )
+    lines += [
+        "",
+        f"Server peak resident memory (VmHWM): **{peaks[0]:,.0f} MiB** over the first and repeat "
+        f"views, {peaks[1]:,.0f} MiB over the fresh server's views (target < 2,048 MiB).",
+        "",
+        "Resident memory after each page, first view (MiB): "
+        + ", ".join(f"{manifest.page(k).title} {first.rss_after[k]:,.0f}" for k in keys)
+        + ".",
+    ]
+    errors = {(p.name, k): e for p in passes for k, e in p.errors.items()}
+    if errors:
+        lines += ["", "Errors:"] + [f"- {n} / {k}: {e}" for (n, k), e in errors.items()]
+    lines += [
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "Rerun: `python benchmarks/bench_dashboard.py --db /tmp/olmoe-1m.duckdb` (builds the run "
+        "when the file is missing, then keeps it; `--tokens` for another size).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", help="the run's store (built when missing; default: a temp file)")
+    ap.add_argument("--tokens", type=int, default=1_048_576)
+    ap.add_argument("--pages", help="comma list of page keys (default: every visible page)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dashboard.md"))
+    args = ap.parse_args()
+    keys = args.pages.split(",") if args.pages else [p.key for p in manifest.visible()]
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        db = args.db or str(work / "olmoe-1m.duckdb")
+        if Path(db).exists():
+            built = f"Store reused from {db}."
+        else:
+            print(f"building {args.tokens:,} tokens into {db} …", flush=True)
+            built = build(db, args.tokens)
+            print(built, flush=True)
+        con = duckdb.connect(db)
+        tokens = con.execute("SELECT count(*) FROM tokens WHERE run_id = ?", [RUN_ID]).fetchall()
+        con.execute("DELETE FROM analysis_results WHERE run_id = ?", [RUN_ID])  # an empty memo
+        con.execute("CHECKPOINT")
+        con.close()
+        browser = Browser(work / "chrome-profile")
+        peaks: list[float] = []
+        try:
+            server = Server(db, work)
+            try:
+                passes = [
+                    view_all(browser, server, "first", keys),
+                    view_all(browser, server, "repeat", keys),
+                ]
+            finally:
+                peaks.append(server.stop())
+            server = Server(db, work)
+            try:
+                passes.append(view_all(browser, server, "fresh server", keys))
+            finally:
+                peaks.append(server.stop())
+        finally:
+            browser.close()
+    text = report(args, keys, passes, peaks, built, int(tokens[0][0]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
