@@ -112,7 +112,7 @@ with c2:
     service = st.selectbox("Service", list(cache_policies.SERVICES), key="cache_service")
 with c3:
     start = st.selectbox("Start", list(cache.STARTS), key="cache_start")
-# the policies defined under this service (e.g. belady-bypass is not, under simultaneous)
+# only the policies the policy table defines under this service
 policies = [p for p in policies if cache_policies.get_policy(p)[0].allows(service)]
 if "belady" not in policies:
     policies = [*policies, "belady"]  # the bound is always drawn

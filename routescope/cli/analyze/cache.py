@@ -49,9 +49,9 @@ def cache_cmd(
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status messages."),
 ) -> None:
-    """Expert-cache hit rates of every registered policy (LRU, LFU, FIFO, static, lookahead-L,
-    Belady/MIN, belady-bypass, ...) at every capacity, exact on every sequence (Belady is the
-    bound under stream service)."""
+    """Expert-cache hit rates of the cache policies (--policies; the table is in
+    routescope.analysis.policies) at every capacity, exact on every sequence (Belady is the bound
+    under stream service)."""
     from rich.console import Console
 
     from routescope.analysis import cache as ca
