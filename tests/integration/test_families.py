@@ -3,6 +3,10 @@
 The reference is a plain forward of each sequence alone (no padding, no nnsight) with ordinary torch
 forward hooks on the router modules, whose paths are written below independently of the
 adapters; its top-k pairs are put in rank order by the family's selection score computed here.
+
+A family's whole test entry is one `Tiny` row in `TINY` (config, MoE layers, router path, shared
+experts, rank key, what full_probs is, the router's output form); every test below runs on every
+row, and `test_every_registered_family_has_a_tiny_config` fails when a registered family has no row.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from packaging.version import Version
 
 from routescope.collect.engine import collect_batch
 from routescope.core.errors import InvalidParameterError, RoutescopeError, UnsupportedModelError
-from routescope.models import SUPPORTED_FAMILIES, LoadedModel, ModelLoadError, load_model
+from routescope.models import LoadedModel, ModelLoadError, load_model
+from routescope.models.adapters import registered_adapters, supported_families
 from routescope.models.compat import cache_kwarg, output_cache
 
 # ---- tiny models of every family ---------------------------------------------------------
@@ -43,11 +48,43 @@ _COMMON: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
-#: family -> (config overrides, expected MoE layers)
-TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
-    "olmoe": ({"num_experts": 8, "num_experts_per_tok": 2}, [0, 1, 2]),
-    "mixtral": ({"num_local_experts": 6, "num_experts_per_tok": 2}, [0, 1, 2]),
-    "qwen2_moe": (
+
+@dataclass(frozen=True)
+class Tiny:
+    """One family's test entry, written independently of its adapter: a tiny config and what the
+    family's transformers modeling code does with it."""
+
+    #: overrides of ``_COMMON`` for ``AutoConfig.for_model(family, ...)``
+    config: dict[str, Any]
+    #: the decoder layers that have a router under this config
+    moe_layers: list[int]
+    #: the router module's path inside a decoder layer
+    router_attr: str
+    #: always-on experts per MoE layer
+    shared_experts: int = 0
+    #: what the router ranks its top-k by: the raw "logits" (softmax, top-k-then-softmax and
+    #: sparsemixer all rank by the logit) or "sigmoid+bias" (DeepSeek-V3's selection-only bias)
+    rank_key: str = "logits"
+    #: what full_probs holds: "softmax" over E or independent "sigmoid" scores
+    probs: str = "softmax"
+    #: the router's output: "logits,weights,indices" or "scores,logits" (Llama-4: sigmoid of the
+    #: chosen logits scattered over E, then the logits)
+    router_output: str = "logits,weights,indices"
+
+
+#: family -> its tiny-config test entry; adding a family = one row here (plus its adapter module)
+TINY: dict[str, Tiny] = {
+    "olmoe": Tiny(
+        {"num_experts": 8, "num_experts_per_tok": 2},
+        [0, 1, 2],
+        router_attr="mlp.gate",
+    ),
+    "mixtral": Tiny(
+        {"num_local_experts": 6, "num_experts_per_tok": 2},
+        [0, 1, 2],
+        router_attr="mlp.gate",
+    ),
+    "qwen2_moe": Tiny(
         {
             "num_experts": 8,
             "num_experts_per_tok": 2,
@@ -57,8 +94,10 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "norm_topk_prob": True,
         },
         [0, 2],
+        router_attr="mlp.gate",
+        shared_experts=1,
     ),
-    "qwen3_moe": (
+    "qwen3_moe": Tiny(
         {
             "num_experts": 8,
             "num_experts_per_tok": 2,
@@ -67,8 +106,9 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "decoder_sparse_step": 1,
         },
         [0, 1, 2],
+        router_attr="mlp.gate",
     ),
-    "deepseek_v2": (
+    "deepseek_v2": Tiny(
         {
             "num_key_value_heads": 4,
             "n_routed_experts": 8,
@@ -87,8 +127,10 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "routed_scaling_factor": 1.5,
         },
         [1, 2],
+        router_attr="mlp.gate",
+        shared_experts=1,
     ),
-    "deepseek_v3": (
+    "deepseek_v3": Tiny(
         {
             "num_key_value_heads": 4,
             "n_routed_experts": 8,
@@ -107,14 +149,27 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "routed_scaling_factor": 2.5,
         },
         [1, 2],
+        router_attr="mlp.gate",
+        shared_experts=1,
+        rank_key="sigmoid+bias",
+        probs="sigmoid",
     ),
-    "gpt_oss": (
+    "gpt_oss": Tiny(
         {"num_local_experts": 8, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 4},
         [0, 1, 2],
+        router_attr="mlp.router",
     ),
-    "granitemoe": ({"num_local_experts": 6, "num_experts_per_tok": 2}, [0, 1, 2]),
-    "phimoe": ({"num_local_experts": 4, "num_experts_per_tok": 2}, [0, 1, 2]),
-    "glm4_moe": (
+    "granitemoe": Tiny(
+        {"num_local_experts": 6, "num_experts_per_tok": 2},
+        [0, 1, 2],
+        router_attr="block_sparse_moe.router",
+    ),
+    "phimoe": Tiny(
+        {"num_local_experts": 4, "num_experts_per_tok": 2},
+        [0, 1, 2],
+        router_attr="mlp.router",
+    ),
+    "glm4_moe": Tiny(
         {
             "n_routed_experts": 8,
             "num_experts_per_tok": 2,
@@ -127,13 +182,23 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "routed_scaling_factor": 1.5,
         },
         [1, 2],
+        router_attr="mlp.gate",
+        shared_experts=1,
+        rank_key="sigmoid+bias",
+        probs="sigmoid",
     ),
-    "granitemoeshared": (
+    "granitemoeshared": Tiny(
         {"num_local_experts": 6, "num_experts_per_tok": 2, "shared_intermediate_size": 16},
         [0, 1, 2],
+        router_attr="block_sparse_moe.router",
+        shared_experts=1,
     ),
-    "flex_olmo": ({"num_experts": 8, "num_experts_per_tok": 2}, [0, 1, 2]),
-    "jamba": (
+    "flex_olmo": Tiny(
+        {"num_experts": 8, "num_experts_per_tok": 2},
+        [0, 1, 2],
+        router_attr="mlp.gate",
+    ),
+    "jamba": Tiny(
         {
             "num_experts": 6,
             "num_experts_per_tok": 2,
@@ -148,8 +213,9 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "use_mamba_kernels": False,
         },
         [0, 2],
+        router_attr="feed_forward.router",
     ),
-    "llama4_text": (
+    "llama4_text": Tiny(
         {
             "num_local_experts": 4,
             "num_experts_per_tok": 2,
@@ -160,35 +226,26 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
             "attention_chunk_size": 16,
         },
         [0, 2],
+        router_attr="feed_forward.router",
+        shared_experts=1,
+        probs="sigmoid",
+        router_output="scores,logits",
     ),
 }
 
-FAMILIES = list(TINY_CONFIGS)
-
-#: where each family's router lives in a decoder layer, written here independently of the adapters
-ROUTER_ATTR: dict[str, str] = {
-    "olmoe": "mlp.gate",
-    "mixtral": "mlp.gate",
-    "qwen2_moe": "mlp.gate",
-    "qwen3_moe": "mlp.gate",
-    "deepseek_v2": "mlp.gate",
-    "deepseek_v3": "mlp.gate",
-    "gpt_oss": "mlp.router",
-    "granitemoe": "block_sparse_moe.router",
-    "phimoe": "mlp.router",
-    "glm4_moe": "mlp.gate",
-    "granitemoeshared": "block_sparse_moe.router",
-    "flex_olmo": "mlp.gate",
-    "jamba": "feed_forward.router",
-    "llama4_text": "feed_forward.router",
+#: the pre-`Tiny` view (config overrides, MoE layers) other test modules import
+TINY_CONFIGS: dict[str, tuple[dict[str, Any], list[int]]] = {
+    family: (t.config, t.moe_layers) for family, t in TINY.items()
 }
+FAMILIES = list(TINY)
 
 
 def build_tiny(family: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """A tiny random causal LM of ``family`` in eval mode (deterministic for a seed)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kwargs = {**_COMMON, **TINY_CONFIGS[family][0], **overrides}
+    tiny = TINY[family]
+    kwargs = {**_COMMON, **tiny.config, **overrides}
     cfg = AutoConfig.for_model(family, **kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).eval()
@@ -196,7 +253,7 @@ def build_tiny(family: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
         # randomize router parameters (some families initialise them to zero) and DeepSeek-V3's
         # selection bias, so routing is non-trivial and the bias matters
         for name, param in model.named_parameters():
-            if "router" in name or name.endswith("mlp.gate.weight"):
+            if f".{tiny.router_attr}." in name:
                 param.normal_(0.0, 1.0)
         for name, buf in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
@@ -226,20 +283,21 @@ class Reference:
 
 def reference_capture(model: torch.nn.Module, family: str, seq: list[int]) -> Reference:
     """Run ``seq`` alone through the plain HF model, capturing router outputs with torch hooks."""
-    return reference_capture_layers(model, family, seq, TINY_CONFIGS[family][1])
+    return reference_capture_layers(model, family, seq, TINY[family].moe_layers)
 
 
 def reference_capture_layers(
     model: torch.nn.Module, family: str, seq: list[int], layers: list[int]
 ) -> Reference:
     """``reference_capture`` over the given MoE ``layers``."""
+    tiny = TINY[family]
     captured: dict[int, tuple] = {}
     handles = []
     for layer in layers:
-        module = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
+        module = model.get_submodule(f"model.layers.{layer}.{tiny.router_attr}")
 
         def hook(mod, args, out, layer=layer):
-            if family == "llama4_text":  # (scores: sigmoid of the chosen logits else 0, logits)
+            if tiny.router_output == "scores,logits":  # scores: sigmoid of chosen logits else 0
                 scores, logits = out
                 chosen = scores != 0
                 assert (chosen.sum(1) == mod.top_k).all()
@@ -258,7 +316,7 @@ def reference_capture_layers(
     for layer in layers:
         mod, lg, w, idx = captured[layer]
         lg = lg.float()
-        if family in ("deepseek_v3", "glm4_moe"):
+        if tiny.rank_key == "sigmoid+bias":
             key = torch.sigmoid(lg) + mod.e_score_correction_bias.float()
         else:  # softmax, top-k-then-softmax and sparsemixer all rank by the raw logit
             key = lg
@@ -291,25 +349,18 @@ def check_rows_match(rec, b: int, ref: Reference, n: int) -> None:
 
 def test_layout_and_metadata(tiny) -> None:
     family, model, lm = tiny
-    assert family in SUPPORTED_FAMILIES
+    assert family in supported_families()
     assert lm.family == family
-    assert lm.moe_layers == TINY_CONFIGS[family][1]
+    assert lm.moe_layers == TINY[family].moe_layers
     assert lm.num_layers == 3
     assert lm.top_k == 2
     layer = lm.moe_layers[0]
-    router = model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family]}")
+    router = model.get_submodule(f"model.layers.{layer}.{TINY[family].router_attr}")
     assert lm.num_experts == router.num_experts
     assert lm.router_modules()[0] is router
-    with_shared = (
-        "qwen2_moe",
-        "deepseek_v2",
-        "deepseek_v3",
-        "glm4_moe",
-        "granitemoeshared",
-        "llama4_text",
-    )
-    expected_shared = 1 if family in with_shared else 0
-    assert lm.num_shared_experts == expected_shared
+    assert lm.num_shared_experts == TINY[family].shared_experts
+    assert lm.shape.moe_layers == tuple(TINY[family].moe_layers)
+    assert (lm.shape.num_experts, lm.shape.top_k) == (router.num_experts, 2)
 
 
 def test_route_function_reproduces_router(tiny) -> None:
@@ -327,7 +378,7 @@ def test_prefill_matches_independent_capture(tiny, which: list[int]) -> None:
     family, model, lm = tiny
     seqs = [PROMPTS[i] for i in which]
     rec = collect_batch(lm, seqs)
-    n_layers, k = len(TINY_CONFIGS[family][1]), 2
+    n_layers, k = len(TINY[family].moe_layers), 2
     assert rec.experts.shape == (sum(map(len, seqs)), n_layers, k)
     assert rec.experts.dtype == np.int16 and rec.weights.dtype == np.float32
     assert rec.probs is None
@@ -370,7 +421,7 @@ def test_full_probs(tiny) -> None:
     assert rec.probs.shape == (rec.num_tokens, len(lm.moe_layers), lm.num_experts)
     ref = reference_capture(model, family, PROMPTS[1])
     probs = rec.probs[rec.sequence(1)]
-    if family in ("deepseek_v3", "glm4_moe", "llama4_text"):  # documented: sigmoid scores
+    if TINY[family].probs == "sigmoid":  # documented: sigmoid scores
         expected = 1.0 / (1.0 + np.exp(-ref.logits))
     else:
         z = np.exp(ref.logits - ref.logits.max(-1, keepdims=True))
@@ -432,7 +483,7 @@ def test_router_edit_hook_reroutes(family_name: str) -> None:
     hooks = []
 
     def replace(mod, args, out):
-        if family_name == "llama4_text":  # router output is (scores over E, logits)
+        if TINY[family_name].router_output == "scores,logits":
             w, i = lm.adapter.route(out[1], mod, mask=mask)
             return torch.zeros_like(out[0]).scatter(1, i, w.to(out[0].dtype)), out[1]
         w, i = lm.adapter.route(out[0], mod, mask=mask)
@@ -521,8 +572,13 @@ def test_bad_inputs_raise_one_line_errors(tiny) -> None:
         collect_batch(lm, [[1, VOCAB + 5]])
 
 
-def test_every_supported_family_has_a_tiny_config() -> None:
-    assert set(FAMILIES) == set(SUPPORTED_FAMILIES)
+def test_every_registered_family_has_a_tiny_config() -> None:
+    """The families routescope ships (the registry's built-ins) and the rows of `TINY` agree."""
+    builtin = {entry.family for entry in registered_adapters() if entry.builtin}
+    missing = sorted(builtin - set(TINY))
+    assert not missing, f"registered families without a TINY row in this file: {missing}"
+    unknown = sorted(set(TINY) - builtin)
+    assert not unknown, f"TINY rows for families no adapter registers: {unknown}"
 
 
 @pytest.mark.parametrize("family_name", ["olmoe", "gpt_oss"])
@@ -556,7 +612,7 @@ def test_config_variants(family_name: str, overrides: dict, moe_layers: list[int
     for layer in range(3):
         has_router = True
         try:
-            model.get_submodule(f"model.layers.{layer}.{ROUTER_ATTR[family_name]}")
+            model.get_submodule(f"model.layers.{layer}.{TINY[family_name].router_attr}")
         except AttributeError:
             has_router = False
         assert has_router == (layer in moe_layers)

@@ -101,6 +101,11 @@ class AdapterEntry:
         return self.adapter.routing
 
     @property
+    def builtin(self) -> bool:
+        """Whether the adapter ships with routescope (a module of this package)."""
+        return self.adapter.__module__.startswith(f"{__package__}.")
+
+    @property
     def origin(self) -> str:
         """Where the class is defined, ``module:QualName``."""
         return f"{self.adapter.__module__}:{self.adapter.__qualname__}"
