@@ -110,3 +110,24 @@ def test_named_query_runs_or_refuses_in_one_line(imported, query):
     assert "Traceback" not in proc.stderr, proc.stderr
     if proc.returncode != 0:
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_every_dashboard_page_renders_on_the_imported_run(imported, monkeypatch):
+    """Each page of the dashboard's page table renders over the store holding only imported
+    runs, without an exception or an error box."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app_dir = Path(__file__).resolve().parents[2] / "app"
+    monkeypatch.syspath_prepend(str(app_dir))
+    import pages as manifest
+
+    monkeypatch.setenv("ROUTESCOPE_DB", imported)
+    at = AppTest.from_file(str(app_dir / "main.py"), default_timeout=120)
+    at.run()
+    for key, script in manifest.scripts().items():
+        at.switch_page(script)
+        at.run()
+        assert not at.exception, (key, [e.value for e in at.exception])
+        assert not at.error, (key, [e.value for e in at.error])
