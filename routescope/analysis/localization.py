@@ -334,6 +334,10 @@ def _prompt_merge(a: list[list[Any]], b: list[list[Any]]) -> list[list[Any]]:
     return [x + y for x, y in zip(a, b, strict=True)]
 
 
+def _prompt_empty(n_rules: int) -> list[list[dict[str, Any]]]:
+    return [[] for _ in range(n_rules)]
+
+
 def _prompt_finalize(
     parts: list[list[dict[str, Any]]], *, run_id: str | None, width: int, weights: bool
 ) -> list[PromptCounts]:
@@ -376,7 +380,7 @@ def prompt_counts_reduction(
         finalize=partial(
             _prompt_finalize, run_id=info.run_id, width=len(sel) * info.num_experts, weights=use_w
         ),
-        empty=lambda: [[] for _ in rules],
+        empty=partial(_prompt_empty, len(rules)),
         layers=sel,
         name="localization counts",
     )

@@ -40,6 +40,10 @@ from routescope.core.source import (
 from routescope.core.trace import Trace
 
 _CHUNK = 65_536  # token rows per block (bounds the k² pair keys per token)
+# Vocabulary counts use a dense [distinct ids, E] table per chunk up to this many bins (or this
+# many per (token, slot) key), else a sort of the keys: the same sparse counts either way.
+_DENSE_BINS = 1 << 22
+_DENSE_PER_KEY = 4
 GROUP_FIELDS = ("label", "prompt_set")
 
 
@@ -424,11 +428,20 @@ def _vocab_rows(chunk: Trace, next_token: bool) -> tuple[np.ndarray, np.ndarray]
 
 def _vocab_kernel(chunk: Trace, *, e: int, first_layer: int, next_token: bool) -> dict[Any, Sparse]:
     ids, ex = _vocab_rows(chunk, next_token)
+    uniq, codes, occ = np.unique(ids, return_inverse=True, return_counts=True)
     out: dict[Any, Sparse] = {}
     if first_layer in chunk.layers:  # occurrences once, with the first layer's pass
-        out["occurrences"] = _sparse(ids)
+        out["occurrences"] = (uniq.astype(np.int64), occ.astype(np.int64))
+    # Dense counts over the chunk's distinct ids when that table is small, else a sort.
+    dense = len(uniq) * e <= max(_DENSE_BINS, _DENSE_PER_KEY * ex.shape[0] * chunk.top_k)
     for col, layer in enumerate(chunk.layers):
-        out[int(layer)] = _sparse((ids[:, None] * e + ex[:, col, :].astype(np.int64)).ravel())
+        col_ex = ex[:, col, :].astype(np.int64)
+        if dense:
+            c = np.bincount((codes[:, None] * e + col_ex).ravel(), minlength=len(uniq) * e)
+            nz = np.flatnonzero(c)
+            out[int(layer)] = (uniq[nz // e].astype(np.int64) * e + nz % e, c[nz].astype(np.int64))
+        else:
+            out[int(layer)] = _sparse((ids[:, None] * e + col_ex).ravel())
     return out
 
 
@@ -706,6 +719,10 @@ def _saturation_kernel(chunk: Trace, *, n_layers: int) -> dict[str, np.ndarray]:
     return {"overlap": overlap, "tokens": np.array([chunk.num_tokens], dtype=np.int64)}
 
 
+def _saturation_empty(n_layers: int) -> dict[str, np.ndarray]:
+    return {"overlap": np.zeros(n_layers, dtype=np.int64), "tokens": np.zeros(1, dtype=np.int64)}
+
+
 def _saturation_finalize(
     p: dict[str, np.ndarray], *, layers: tuple[int, ...], k: int, e: int
 ) -> pl.DataFrame:
@@ -727,10 +744,7 @@ def saturation_reduction(info: SourceInfo) -> Reduction[dict[str, np.ndarray], p
         finalize=partial(
             _saturation_finalize, layers=info.layers, k=info.top_k, e=info.num_experts
         ),
-        empty=lambda: {
-            "overlap": np.zeros(n_layers, dtype=np.int64),
-            "tokens": np.zeros(1, dtype=np.int64),
-        },
+        empty=partial(_saturation_empty, n_layers),
         name="router saturation",
     )
 

@@ -161,6 +161,17 @@ def test_streamed_equals_in_memory(store_path: str, name: str, phase: str) -> No
         pq.close()
 
 
+def test_vocabulary_by_sort_equals_by_table(store_path: str, monkeypatch) -> None:  # noqa: ANN001
+    with RoutingStore(store_path, read_only=True) as store:
+        src = store.source("run-a")
+        want = [sp.vocabulary_specialization(src, 1, nt, max_rows=10) for nt in (False, True)]
+        monkeypatch.setattr(sp, "_DENSE_BINS", 0)
+        monkeypatch.setattr(sp, "_DENSE_PER_KEY", 0)
+        for nt, w in zip((False, True), want, strict=True):
+            assert_same(sp.vocabulary_specialization(src, 1, nt, max_rows=10), w)
+            assert_same(sp.vocabulary_specialization(store.load_trace("run-a"), 1, nt), w)
+
+
 def test_domain_counts_serve_all_four_in_one_pass(store_path: str) -> None:
     calls: list[tuple[int, int]] = []
     with RoutingStore(store_path, read_only=True) as store:
