@@ -9,7 +9,7 @@ import typer
 from routescope.cli._app import DEFAULT_DB, app
 from routescope.importers.registry import FORMATS
 
-_FORMATS_HELP = "; ".join(f"{f.name}: {f.description} [{f.files}]" for f in FORMATS.values())
+_FORMATS_HELP = "; ".join(f"{f.name}: {f.description} (files: {f.files})" for f in FORMATS.values())
 
 
 @app.command(
@@ -33,21 +33,33 @@ def import_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Import FORMAT files into a run; a malformed file stops it before anything is written."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from routescope.importers import get_format, import_trace
 
     get_format(fmt)  # an unknown format: one line listing the formats
-    result = import_trace(
-        fmt,
-        paths,
-        db=db,
-        name=name,
-        model=model,
-        label=label,
-        num_experts=num_experts,
-        top_k=top_k,
-        seq_len=seq_len,
-        progress=None if quiet else _progress,
+    bar = Progress(
+        TextColumn(f"[bold]import[/] {fmt}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sequences"),
+        disable=quiet,
+        transient=True,
     )
+    with bar:
+        task = bar.add_task(fmt, total=None)
+        result = import_trace(
+            fmt,
+            paths,
+            db=db,
+            name=name,
+            model=model,
+            label=label,
+            num_experts=num_experts,
+            top_k=top_k,
+            seq_len=seq_len,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     weights = "with gate weights" if result.has_weights else "no gate weights"
     tokens = "" if result.has_token_ids else ", no token ids"
     typer.echo(
@@ -57,7 +69,3 @@ def import_cmd(
         f"{len(result.layers)} MoE layers, top-{result.top_k} of {result.num_experts} "
         f"({weights}{tokens})"
     )
-
-
-def _progress(done: int, total: int) -> None:
-    typer.echo(f"  {done}/{total} sequences", err=True)
