@@ -1,5 +1,9 @@
 """Helpers every dashboard page uses: the database path, short-lived store connections, cached
-loads keyed by (db, file version, run, parameters), the empty-store message, expert notes.
+loads keyed by (db, file version, run, parameters), analysis results through the store's results
+memo (with progress while they compute), the empty-store message, expert notes, presets.
+
+Pages read only what they show (DESIGN §7): run metadata, one sequence, or analysis results
+that the analyses compute by streaming the run in bounded chunks; no page loads a whole run.
 
 The app never keeps a DuckDB connection open between reruns: DuckDB lets one process open a file
 for writing and nobody else open it meanwhile, so holding a reader open would stall a collection
@@ -12,7 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,8 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import polars as pl
 import streamlit as st
 
+from routescope.core.canonical import canonical_json
 from routescope.core.defaults import DEFAULT_DB
 from routescope.core.errors import RoutescopeError
+from routescope.core.source import SourceInfo
 from routescope.core.trace import Trace
 from routescope.store import notes as notes_lib
 from routescope.store.notes import ExpertNote
@@ -123,10 +132,24 @@ def load_run_info(db: str, version: str, run_id: str) -> dict[str, Any]:
     return read(db, lambda s: s.run_info(run_id))
 
 
-@st.cache_resource(show_spinner="Loading the run's routing…", max_entries=8)
-def load_trace(db: str, version: str, run_id: str, phase: str = "all") -> Trace:
-    """The run's Trace (kept as one shared object: traces are large and immutable)."""
-    return read(db, lambda s: s.load_trace(run_id, phase=phase))
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_source_info(db: str, version: str, run_id: str, phase: str = "all") -> SourceInfo:
+    """What the run holds (layers, E, k, labels, prompt sets, counts), without reading routing."""
+    return read(db, lambda s: s.source(run_id, phase=phase).info)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def has_target_spans(db: str, version: str, run_id: str) -> bool:
+    """Whether any token of the run lies in a prompt's target span (one scan of a bool column)."""
+    return read(
+        db,
+        lambda s: bool(
+            s.con.execute(
+                "SELECT coalesce(bool_or(in_target), false) FROM tokens WHERE run_id = ?",
+                [run_id],
+            ).fetchall()[0][0]
+        ),
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -193,6 +216,142 @@ def readable_version(db: str) -> tuple[str, str | None]:
         )
     _LAST_GOOD[db] = version
     return version, None
+
+
+# ---- analysis results: the store's memo, with progress while computing ----------------------
+#: Analysis results kept in this server process (small frames), most recent last.
+RESULTS_KEPT = 256
+_RESULTS: OrderedDict[tuple[str, ...], pl.DataFrame] = OrderedDict()
+_RESULTS_LOCK = threading.Lock()
+
+
+class ProgressBar:
+    """An analysis's `progress(done, total)` callback drawing a Streamlit progress bar, shown only
+    once something is computed (a result from the memo shows nothing) and removed after."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._slot: Any = None
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self._slot is None:
+            self._slot = st.empty()
+        elif done < total and now - self._last < 0.2:
+            return  # a few updates a second are enough
+        self._last = now
+        frac = min(max(done / total, 0.0), 1.0) if total else 1.0
+        self._slot.progress(frac, text=f"{self.what}… {frac:.0%}")
+
+    def start(self) -> None:
+        """Show the bar at 0 before the first unit is done (reading can take a moment)."""
+        self(0, 1)
+
+    def close(self) -> None:
+        if self._slot is not None:
+            self._slot.empty()
+
+
+def _kept(key: tuple[str, ...]) -> pl.DataFrame | None:
+    with _RESULTS_LOCK:
+        hit = _RESULTS.get(key)
+        if hit is not None:
+            _RESULTS.move_to_end(key)
+        return hit
+
+
+def _keep(key: tuple[str, ...], result: pl.DataFrame) -> None:
+    with _RESULTS_LOCK:
+        _RESULTS[key] = result
+        while len(_RESULTS) > RESULTS_KEPT:
+            _RESULTS.popitem(last=False)
+
+
+def _started(bar: ProgressBar, fn: Callable[[RoutingStore, ProgressBar], T], store: Any) -> T:
+    """fn(store, bar) with the bar shown first: only called when the memo lacks the result."""
+    bar.start()
+    return fn(store, bar)
+
+
+def memo_result(
+    db: str,
+    version: str,
+    run_id: str,
+    kind: str,
+    params: Mapping[str, Any],
+    compute: Callable[[RoutingStore, ProgressBar], pl.DataFrame],
+    what: str,
+) -> pl.DataFrame:
+    """A result from the store's results memo (`RoutingStore.memo_result`), computed by
+    compute(store, progress) when the memo lacks it, with a progress bar meanwhile.
+
+    Kept in this process too (keyed by the file's version), so a repeat view opens no file.
+    """
+    key = (db, version, run_id, kind, canonical_json(dict(params)))
+    hit = _kept(key)
+    if hit is not None:
+        return hit
+    bar = ProgressBar(what)
+    try:
+        with open_store(db) as store:
+            result = store.memo_result(run_id, kind, params, lambda: _started(bar, compute, store))
+    finally:
+        bar.close()
+    _keep(key, result)
+    return result
+
+
+def analysis(
+    db: str,
+    version: str,
+    run_id: str,
+    fn: Callable[..., pl.DataFrame],
+    what: str,
+    *,
+    read_phase: str = "all",
+    read_labels: list[str] | None = None,
+    data: Callable[[RoutingStore, ProgressBar], Any] | None = None,
+    selection: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> pl.DataFrame:
+    """`fn(run, **kwargs)` from the store's results memo, keyed as the CLI keys it
+    (`RoutingStore.memo_analysis`: fn's name and full arguments, plus `selection`), so each result
+    is computed once per run and parameters, by whichever comes first.
+
+    The run is `store.source(run_id, read_phase, read_labels)`, read chunk by chunk (bounded
+    memory), or
+    what `data(store, progress)` returns (e.g. counts shared by several results; name what they
+    select in `selection`). A progress bar shows while it computes.
+    """
+    from routescope.store.results import analysis_params
+
+    make = data or (lambda store, bar: store.source(run_id, phase=read_phase, labels=read_labels))
+    kind = f"{fn.__module__}.{fn.__qualname__}"
+    params = {
+        "args": analysis_params(fn, kwargs),
+        "selection": dict(selection or {}),
+        "source": {"phase": read_phase, "labels": read_labels, "data": data is not None},
+    }
+    key = (db, version, run_id, kind, canonical_json(params))
+    hit = _kept(key)
+    if hit is not None:
+        return hit
+    bar = ProgressBar(what)
+    try:
+        with open_store(db) as store:
+            result = store.memo_analysis(
+                run_id,
+                fn,
+                lambda: _started(bar, make, store),
+                selection=selection,
+                progress=bar,
+                **kwargs,
+            )
+    finally:
+        bar.close()
+    _keep(key, result)
+    return result
 
 
 # ---- page scaffolding ---------------------------------------------------------------------------

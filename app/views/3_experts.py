@@ -1,5 +1,10 @@
 """Experts: load and its entropy, label × expert specialization, an expert's top tokens, its
-co-activations, and its annotation (saved to expert_notes, shown wherever the expert appears)."""
+co-activations, and its annotation (saved to expert_notes, shown wherever the expert appears).
+
+Every number comes from the store's results memo, keyed as `routescope analyze specialization`
+keys it: computed once per run and parameters (load, entropy and specialization in one streamed
+pass), with a progress bar meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -13,41 +18,6 @@ from routescope.analysis import specialization as spec
 from routescope.analysis.figures_app import annotate_experts, entropy_figure
 from routescope.analysis.figures_experts import coactivation_heatmap, domain_heatmap, load_heatmap
 
-
-def _stored(db: str, version: str, run_id: str, phase: str, fn: Any, **kwargs: Any) -> Any:
-    """fn over the run's trace in one phase, through the store's analysis cache (shared with
-    `routescope analyze specialization`)."""
-
-    def load() -> Any:
-        return sh.load_trace(db, version, run_id).select_phase(phase)
-
-    sel = {"phase": phase, "layers": None}
-    return sh.read(db, lambda s: s.memo_analysis(run_id, fn, load, selection=sel, **kwargs))
-
-
-@st.cache_data(show_spinner="Computing expert load…")
-def _load(db: str, version: str, run_id: str, phase: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return (
-        _stored(db, version, run_id, phase, spec.expert_load),
-        _stored(db, version, run_id, phase, spec.load_summary),
-    )
-
-
-@st.cache_data(show_spinner="Computing domain specialization…")
-def _domain(db: str, version: str, run_id: str, phase: str) -> pl.DataFrame:
-    return _stored(db, version, run_id, phase, spec.domain_specialization)
-
-
-@st.cache_data(show_spinner="Computing vocabulary specialization…")
-def _vocab(db: str, version: str, run_id: str, phase: str, min_count: int) -> pl.DataFrame:
-    return _stored(db, version, run_id, phase, spec.vocabulary_specialization, min_count=min_count)
-
-
-@st.cache_data(show_spinner="Computing co-activation…")
-def _coact(db: str, version: str, run_id: str, phase: str, layer: int) -> pl.DataFrame:
-    return _stored(db, version, run_id, phase, spec.coactivation, layer=layer)
-
-
 st.title("Experts")
 run = sh.current_run()
 if run is None:
@@ -56,38 +26,73 @@ db, version, run_id = run
 
 with sh.guarded():
     info = sh.load_run_info(db, version, run_id)
-    trace = sh.load_trace(db, version, run_id)
     notes = sh.load_notes(db, version, info["model_id"])
 labels_by_expert = sh.note_labels(notes)
-layers = list(trace.layers)
+layers = [int(x) for x in info["moe_layers"]]
+num_experts = int(info["num_experts"])
+has_labels = bool(info["labels"])
 
 c1, c2, c3 = st.columns(3)
 with c1:
     phase = st.selectbox("Phase", ["all", "prefill", "decode"], key="experts_phase")
 with c2:
     layer = sh.layer_select(layers, key="experts_layer")
+
+#: the one streamed pass behind load, entropy and specialization (made only on a memo miss)
+_counts: dict[str, spec.DomainCounts] = {}
+
+
+def counts(store: Any, bar: sh.ProgressBar) -> spec.DomainCounts:
+    if "c" not in _counts:
+        group = "label" if has_labels else None
+        _counts["c"] = spec.domain_counts(store.source(run_id, phase=phase), group, progress=bar)
+    return _counts["c"]
+
+
+#: the CLI's keys: the phase the source was narrowed to, every layer
+whole = {"phase": phase, "layers": None}
+
+
+def counted(fn: Any, what: str, **kwargs: Any) -> pl.DataFrame:
+    return sh.analysis(db, version, run_id, fn, what, data=counts, selection=whole, **kwargs)
+
+
+def streamed(fn: Any, what: str, **kwargs: Any) -> pl.DataFrame:
+    return sh.analysis(db, version, run_id, fn, what, read_phase=phase, selection=whole, **kwargs)
+
+
 with sh.guarded():
-    load, summary = _load(db, version, run_id, phase)
+    load = counted(spec.expert_load, "Counting expert load")
+    summary = counted(spec.load_summary, "Counting expert load")
 if "expert_id" not in st.session_state:  # start with the layer's busiest expert
     at_layer = load.filter(pl.col("layer") == layer).sort("count", descending=True)
-    st.session_state["expert_id"] = int(at_layer["expert"][0])
+    st.session_state["expert_id"] = int(at_layer["expert"][0]) if at_layer.height else 0
 with c3:
-    expert = int(
-        st.number_input("Expert", min_value=0, max_value=trace.num_experts - 1, key="expert_id")
-    )
+    expert = int(st.number_input("Expert", min_value=0, max_value=num_experts - 1, key="expert_id"))
 
 st.subheader("Load")
 sh.plot(annotate_experts(load_heatmap(load), labels_by_expert), key="load_heatmap")
 sh.plot(entropy_figure(summary), key="entropy")
 
 st.subheader(f"Specialization by label, layer {layer}")
-if trace.label_set:
-    domain = _domain(db, version, run_id, phase)
+if has_labels:
+    with sh.guarded():
+        domain = counted(spec.domain_specialization, "Counting expert load", by="label")
     sh.plot(
         annotate_experts(domain_heatmap(domain, layer), labels_by_expert, layer),
         key="domain_heatmap",
     )
-    st.caption("share of the label's tokens routed to the expert, divided by k/E (1 = uniform)")
+    caption = "share of the label's tokens routed to the expert, divided by k/E (1 = uniform)"
+    if len(info["labels"]) >= 2:  # moe-lrc's summary, from the same counts
+        with sh.guarded():
+            cv = counted(spec.domain_cv, "Counting expert load", by="label")
+        at = cv.filter(pl.col("layer") == layer)
+        if at.height:
+            caption += (
+                f"; domain CV at this layer (std / mean of an expert's rate across labels, "
+                f"averaged over experts): {at['cv_mean'][0]:.3f}, max {at['cv_max'][0]:.3f}"
+            )
+    st.caption(caption)
 else:
     st.info("This run's sequences carry no labels; give the prompt sets a `label` to see this.")
 
@@ -98,11 +103,18 @@ left, right = st.columns(2)
 with left:
     st.markdown("**Top tokens** (share of the token's occurrences routed to this expert)")
     min_count = int(st.number_input("Minimum occurrences", min_value=1, value=2, key="min_count"))
-    vocab = _vocab(db, version, run_id, phase, min_count)
+    with sh.guarded():
+        vocab = streamed(
+            spec.vocabulary_specialization,
+            f"Counting token ids at layer {layer}",
+            min_count=min_count,
+            layers=[layer],
+        )
     top = spec.expert_top_tokens(
         vocab.filter((pl.col("layer") == layer) & (pl.col("expert") == expert)), top=15
     )
-    texts = sh.load_token_strings(db, version, run_id, tuple(top["token_id"].to_list()))
+    with sh.guarded():
+        texts = sh.load_token_strings(db, version, run_id, tuple(top["token_id"].to_list()))
     top = top.with_columns(
         pl.col("token_id").replace_strict(texts, default="?", return_dtype=pl.Utf8).alias("token")
     )
@@ -126,7 +138,8 @@ with right:
     sh.show_flash()
 
 st.subheader(f"Co-activation at layer {layer}")
-co = _coact(db, version, run_id, phase, layer)
+with sh.guarded():
+    co = streamed(spec.coactivation, f"Co-activation at layer {layer}", layer=layer)
 sh.plot(annotate_experts(coactivation_heatmap(co), labels_by_expert, layer), key="coactivation")
 partners = (
     co.filter(pl.col("expert_i") == expert).sort("rate", descending=True, nulls_last=True).head(5)

@@ -1,9 +1,12 @@
 """Locality and caching: SRP and SCH against segment length and cache size, and expert-cache hit
-rates per policy against capacity with the Belady bound, per layer or pooled, prefill and decode."""
+rates per policy against capacity with the Belady bound, per layer or pooled, prefill and decode.
+
+Every result comes from the store's results memo, keyed as `routescope analyze consistency` and
+`analyze cache` key it: computed once per run and parameters by streaming the run in bounded
+chunks, with a progress bar meanwhile.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import _shared as sh
 import polars as pl
@@ -13,51 +16,14 @@ from routescope.analysis import cache, consistency
 from routescope.analysis import policies as cache_policies
 from routescope.analysis.figures_locality import cache_figure, sch_figure, srp_figure
 
-
-def _stored(db: str, version: str, run_id: str, fn: Any, **kwargs: Any) -> pl.DataFrame:
-    """fn over the run's trace, through the store's analysis cache (shared with the CLI)."""
-    return sh.read(
-        db,
-        lambda s: s.memo_analysis(run_id, fn, lambda: sh.load_trace(db, version, run_id), **kwargs),
-    )
-
-
-@st.cache_data(show_spinner="Computing SRP…")
-def _srp(db: str, version: str, run_id: str, phase: str, segs: tuple[int, ...]) -> pl.DataFrame:
-    return _stored(db, version, run_id, consistency.srp, segment_lengths=segs, phase=phase)
-
-
-@st.cache_data(show_spinner="Computing SCH…")
-def _sch(
-    db: str, version: str, run_id: str, phase: str, segs: tuple[int, ...], kind: str
-) -> pl.DataFrame:
-    return _stored(
-        db, version, run_id, consistency.sch, segment_lengths=segs, kind=kind, phase=phase
-    )
-
-
-@st.cache_data(show_spinner="Computing repetition rates…")
-def _repetition(db: str, version: str, run_id: str, phase: str) -> pl.DataFrame:
-    return _stored(db, version, run_id, consistency.repetition_rates, phase=phase)
-
-
-@st.cache_data(show_spinner="Simulating expert caches…")
-def _cache(
-    db: str, version: str, run_id: str, policies: tuple[str, ...], service: str, start: str
-) -> pl.DataFrame:
-    return _stored(
-        db, version, run_id, cache.cache_hit_rates, policies=policies, service=service, start=start
-    )
-
-
 st.title("Locality and caching")
 run = sh.current_run()
 if run is None:
     st.stop()
 db, version, run_id = run
 with sh.guarded():
-    trace = sh.load_trace(db, version, run_id)
-layers = list(trace.layers)
+    info = sh.load_run_info(db, version, run_id)
+layers = [int(x) for x in info["moe_layers"]]
 where_options: list[int | None] = [None, *layers]
 
 
@@ -82,10 +48,20 @@ if not segs:
     st.info("Pick at least one segment length.")
     st.stop()
 kind = st.radio("SCH cache", ["segment-oracle", "lookahead"], horizontal=True, key="sch_kind")
-with sh.guarded():
-    srp_df = _srp(db, version, run_id, phase, tuple(sorted(segs)))
-    sch_df = _sch(db, version, run_id, phase, tuple(sorted(segs)), kind)
-    rep = _repetition(db, version, run_id, phase)
+segs = sorted(segs)
+with sh.guarded():  # keyed like the CLI: fn's full arguments, the source narrowed to the phase
+    srp_df = sh.analysis(
+        db, version, run_id, consistency.srp, "SRP", read_phase=phase,
+        segment_lengths=segs, phase=phase,
+    )  # fmt: skip
+    sch_df = sh.analysis(
+        db, version, run_id, consistency.sch, "SCH", read_phase=phase,
+        segment_lengths=segs, kind=kind, phase=phase,
+    )  # fmt: skip
+    rep = sh.analysis(
+        db, version, run_id, consistency.repetition_rates, "Repetition", read_phase=phase,
+        phase=phase,
+    )  # fmt: skip
 left, right = st.columns(2)
 with left:
     sh.plot(srp_figure(srp_df, where), key="srp_chart")
@@ -116,8 +92,11 @@ with c3:
 policies = [p for p in policies if cache_policies.get_policy(p)[0].allows(service)]
 if "belady" not in policies:
     policies = [*policies, "belady"]  # the bound is always drawn
-with sh.guarded():
-    hits = _cache(db, version, run_id, tuple(policies), service, start)
+with sh.guarded():  # every phase read: the analysis splits prefill and decode itself
+    hits = sh.analysis(
+        db, version, run_id, cache.cache_hit_rates, "Simulating expert caches",
+        policies=policies, service=service, start=start,
+    )  # fmt: skip
 phases = [p for p in ("prefill", "decode") if hits.filter(pl.col("phase") == p).height]
 cols = st.columns(len(phases) or 1)
 for col, ph in zip(cols, phases, strict=False):

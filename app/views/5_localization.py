@@ -1,8 +1,15 @@
 """Localization: which experts fire more on a target token set than on a control set (risk
 difference with prompt-bootstrap CI and permutation q-values), and a button that turns the top of
-the ranking into a steering preset."""
+the ranking into a steering preset.
+
+The ranking comes from the store's results memo, keyed as `routescope localize` keys it: computed
+once per run and parameters (the run streamed in bounded chunks into per-prompt counts, then
+resampled), with a progress bar meanwhile.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import _shared as sh
 import polars as pl
@@ -13,23 +20,35 @@ from routescope.analysis.figures_app import annotate_experts
 from routescope.analysis.figures_experts import rd_heatmap
 from routescope.steering.spec import SteeringSpec
 
+#: The phase and seed the page localizes with (`routescope localize`'s defaults).
+PHASE, SEED = "all", 0
 
-@st.cache_data(show_spinner="Localizing (bootstrap and permutation over prompts)…")
+
 def _localize(
-    db: str,
-    version: str,
-    run_id: str,
-    target: str,
-    control: str,
-    n_boot: int,
-    n_perm: int,
+    db: str, version: str, run_id: str, target: str, control: str, n_boot: int, n_perm: int,
     weight: bool,
-) -> pl.DataFrame:
-    trace = sh.load_trace(db, version, run_id)
-    t, c = lo.token_sets_from_specs(
-        trace, target, control, load_run=lambda r: sh.load_trace(db, version, r)
+) -> pl.DataFrame:  # fmt: skip
+    """The ranking, from the memo under the parameters `routescope localize` keys it by."""
+    params = {
+        "target": target,
+        "control": control,
+        "phase": PHASE,
+        "n_boot": n_boot,
+        "n_perm": n_perm,
+        "weight": weight,
+        "seed": SEED,
+    }
+
+    def compute(store: Any, bar: sh.ProgressBar) -> pl.DataFrame:
+        base = store.source(run_id, phase=PHASE)
+        t_set, c_set = lo.token_sets_from_specs(base, target, control)
+        return lo.localize(
+            t_set, c_set, n_boot=n_boot, n_perm=n_perm, seed=SEED, weight=weight, progress=bar
+        )
+
+    return sh.memo_result(
+        db, version, run_id, "localize", params, compute, "Localizing (reading, then resampling)"
     )
-    return lo.localize(t, c, n_boot=n_boot, n_perm=n_perm, weight=weight)
 
 
 st.title("Localization")
@@ -38,14 +57,13 @@ if run is None:
     st.stop()
 db, version, run_id = run
 with sh.guarded():
-    trace = sh.load_trace(db, version, run_id)
+    src = sh.load_source_info(db, version, run_id, PHASE)
     info = sh.load_run_info(db, version, run_id)
     notes = sh.note_labels(sh.load_notes(db, version, info["model_id"]))
+    has_target = sh.has_target_spans(db, version, run_id)
 
-labels = trace.label_set
-sets = sorted({str(x) for x in trace.prompt_sets.tolist() if x is not None})
-targets = [f"label:{x}" for x in labels] + [f"set:{x}" for x in sets]
-if trace.in_target.any():
+targets = [f"label:{x}" for x in src.labels] + [f"set:{x}" for x in src.prompt_sets]
+if has_target:
     targets.append("target")
 if not targets:
     st.info(

@@ -293,6 +293,82 @@ def test_localization_page_ranks_against_plain_counts(fixture_store, monkeypatch
     assert chart_titles(at)[0].startswith("Risk difference")
 
 
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from routescope.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, (args, result.output, repr(result.exception))
+    return json.loads(result.output)
+
+
+def test_analysis_pages_compute_once_into_the_memo_the_cli_shares(store_copy, monkeypatch):
+    """Experts, Locality and Localization stream the run (never a whole-run load), show progress
+    while they compute, and keep each result in the store's memo under the CLI's keys: afterwards
+    the CLI and a fresh app answer with the run's routing unreadable, and show no progress."""
+    from routescope.store.reader import StoreReader
+    from routescope.store.source import StoreSource
+
+    db, run_id = store_copy["db"], store_copy["run_id"]
+
+    def no_whole_run(*args, **kwargs):
+        raise AssertionError("a page loaded a whole run")
+
+    monkeypatch.setattr(StoreReader, "load_trace", no_whole_run)
+    progress: list[tuple[str, int, int]] = []
+    at = open_app(db, monkeypatch)
+    bar = sys.modules["_shared"].ProgressBar
+    real_call = bar.__call__
+
+    def spy(self, done, total):
+        progress.append((self.what, done, total))
+        return real_call(self, done, total)
+
+    monkeypatch.setattr(bar, "__call__", spy)
+    shown = {}
+    for page in ("experts", "locality", "localization"):
+        goto(at, page)
+        shown[page] = chart_specs(at)
+    whats = {w for w, _, _ in progress}
+    for what in ("Counting expert load", "SRP", "SCH", "Simulating expert caches"):
+        assert what in whats, whats
+    assert any(w.startswith("Localizing") and d == t > 0 for w, d, t in progress), progress
+    kinds = {k for (k,) in sql(db, "SELECT kind FROM analysis_results WHERE run_id = ?", [run_id])}
+    assert {"localize", "routescope.analysis.consistency.srp"} <= kinds, kinds
+    assert "routescope.analysis.specialization.expert_load" in kinds, kinds
+    assert "routescope.analysis.cache.cache_hit_rates" in kinds, kinds
+
+    # from now on the run's routing cannot be read: only stored results can answer
+    def unreadable(*args, **kwargs):
+        raise AssertionError("routing was read although the result is in the memo")
+
+    monkeypatch.setattr(StoreSource, "read", unreadable)
+    srp = _cli("analyze", "consistency", run_id, "--db", db, "--segments", "2,4,8,16",
+               "--phase", "prefill", "--json")  # fmt: skip
+    pooled = [r for r in srp["srp"] if r["layer"] is None]
+    chart = next(s for s in shown["locality"] if s["layout"]["title"]["text"].startswith("Segm"))
+    assert [r["srp"] for r in sorted(pooled, key=lambda r: r["segment_length"])] == (
+        pytest.approx(list(arr(chart["data"][0]["y"])))
+    )
+    _cli("analyze", "cache", run_id, "--db", db, "--json")
+    _cli("analyze", "specialization", run_id, "--db", db, "--json")
+    ranked = _cli("localize", run_id, "--db", db, "--target", "label:code", "--control", "rest",
+                  "--n-boot", "200", "--n-perm", "200", "--json")  # fmt: skip
+    ranking = at.dataframe[0].value  # the Localization page's table (label:code vs rest)
+    assert [(r["layer"], r["expert"]) for r in ranked["results"][:5]] == [
+        (int(r.layer), int(r.expert)) for r in ranking.head(5).itertuples()
+    ]
+    # a fresh server process (nothing kept in memory) answers from the memo, without progress
+    sys.modules["_shared"]._RESULTS.clear()
+    progress.clear()
+    at = open_app(db, monkeypatch)
+    for page in ("experts", "locality", "localization"):
+        goto(at, page)
+        assert len(chart_specs(at)) == len(shown[page]), page
+    assert progress == []
+
+
 def test_sql_page_runs_named_and_free_queries(fixture_store, monkeypatch):
     db, run_id = fixture_store["db"], fixture_store["run_id"]
     at = goto(open_app(db, monkeypatch), "sql")
@@ -644,7 +720,7 @@ def test_cli_builds_the_streamlit_command(monkeypatch, tmp_path):
     db = tmp_path / "s.duckdb"
     for args, stats in ([], "false"), (["--headless"], "false"), (["--usage-stats"], "true"):
         result = CliRunner().invoke(app, ["app", "--db", str(db), "--port", "8601", *args])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, (args, result.output, repr(result.exception))
         argv, env = execs.pop()
         assert argv[argv.index("--server.headless") + 1] == "true"
         assert argv[argv.index("--browser.gatherUsageStats") + 1] == stats
