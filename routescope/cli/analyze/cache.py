@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from routescope.analysis.policies import default_policies, valid_names
+from routescope.analysis.policies import SERVICES, default_policies, valid_names
 from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows, parse_int_list
 from routescope.cli.analyze.consistency import (
@@ -35,7 +35,7 @@ def cache_cmd(
         None, help="Experts per layer: 1,2,4 or 1-64 (default: 1..E)."
     ),
     scope: str = typer.Option("layer", help="layer (a cache per layer) or global (pooled)."),
-    service: str = typer.Option("stream", help="stream, token or simultaneous."),
+    service: str = typer.Option("stream", help=f"Service model: {', '.join(SERVICES)}."),
     start: str = typer.Option("cold", help="cold or warm (first C distinct experts preloaded)."),
     granularity: str = typer.Option("token", help="token, or step (batch steps)."),
     batch_size: int | None = typer.Option(None, help="Sequences per batch for --granularity step."),

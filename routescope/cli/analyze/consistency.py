@@ -81,7 +81,8 @@ class RowProgress:
         """A `progress(done, total)` callback whose line appears when the pass starts."""
         if self._bar is None:
             return None
-        bar, ids = self._bar, []
+        bar = self._bar
+        ids: list[Any] = []  # the task, added at the first call
 
         def update(done: int, total: int) -> None:
             if not ids:
