@@ -662,7 +662,7 @@ def localize(
     token); sets over the same run are read in one pass, chunk by chunk.
 
     Columns: rank, layer, expert, n1, n2 (tokens), a1, a2 (tokens selecting it), p1, p2, rd =
-    p1 − p2, w1, w2 (mean gate weight, 0 when not selected; null when the run has no weights),
+    p1 − p2, w1, w2 (mean gate weight, 0 when not selected; NaN when the run has no weights),
     wd = w1 − w2, score (rd, or wd when weight=True), ci_low/ci_high (prompt bootstrap percentile
     interval of score), p_value (two-sided permutation over prompts, (1 + #≥)/(1 + n_perm)),
     q_value (Benjamini–Hochberg across all layer·expert), prompts1, prompts2, paired. Ranked by
@@ -688,7 +688,8 @@ def localize(
         jobs = [(_narrowed(sources[i], [sets[i].rule]), [i]) for i in (0, 1)]
     same_run = infos[0].run_id == infos[1].run_id
     e, layers = infos[0].num_experts, infos[0].layers
-    prompts = sum(src.info.num_sequences for src, _ in jobs)
+    # per-prompt matrix rows: at most every sequence of a run, once per set read from it
+    prompts = sum(src.info.num_sequences * len(idx) for src, idx in jobs)
     groups = _layer_groups(layers, prompts, e)
     resample_work = (n_boot + n_perm) * max(1, prompts)
     total = sum(src.info.num_tokens for src, _ in jobs) * len(layers) + resample_work * len(layers)
