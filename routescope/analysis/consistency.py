@@ -338,6 +338,9 @@ def srp(
     return run_reduction(src, red, max_rows=max_rows, progress=progress, executor=executor)
 
 
+srp.__memo_version__ = 2  # type: ignore[attr-defined]  # shuffled baseline seeded per sequence
+
+
 # ---- SCH --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SchSpec:
@@ -512,3 +515,7 @@ def sch(
         src.info, segment_lengths, capacities, kind, service, start, phase, shuffled_seed
     )
     return run_reduction(src, red, max_rows=max_rows, progress=progress, executor=executor)
+
+
+
+sch.__memo_version__ = 2  # type: ignore[attr-defined]  # shuffled baseline seeded per sequence

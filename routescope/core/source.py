@@ -172,7 +172,7 @@ class InMemorySource:
         lengths = self.seq_lengths()[start:stop]
         for lo, hi in plan_chunks(lengths, len(sel), max_rows, align):
             chunk = self.trace.slice_sequences(start + lo, start + hi)
-            yield chunk if layers is None else chunk.select_layers(sel)
+            yield chunk if sel == tuple(self.trace.layers) else chunk.select_layers(sel)
 
     def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> InMemorySource:
         trace = self.trace.select_phase(check_phase(phase))

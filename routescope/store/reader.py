@@ -142,7 +142,7 @@ class StoreReader:
         """The run as a `TraceSource`: chunks of whole sequences, read on demand (DESIGN §7)."""
         reopen = None if self.path == ":memory:" else self.path
         return StoreSource(
-            self.con,
+            lambda: self.con,  # the current connection, even after a reopen
             self.resolve_run(run),
             phase=phase,
             labels=labels,

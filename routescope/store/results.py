@@ -41,6 +41,14 @@ def analysis_params(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[s
     }
 
 
+def memo_kind(fn: Callable[..., Any]) -> str:
+    """The memo's name for an analysis: its qualified name, plus its `__memo_version__` when the
+    function sets one (bumped when its results change, so older stored results are not served)."""
+    kind = f"{fn.__module__}.{fn.__qualname__}"
+    version = getattr(fn, "__memo_version__", None)
+    return kind if version is None else f"{kind}@v{version}"
+
+
 class ResultsMemo:
     """The memo methods of `RoutingStore` (they need `con`, `path`, `read_only`)."""
 
@@ -107,7 +115,7 @@ class ResultsMemo:
         params = analysis_params(fn, kwargs)
         if selection:
             params["_selection"] = dict(selection)
-        kind = f"{fn.__module__}.{fn.__qualname__}"
+        kind = memo_kind(fn)
         return self.memo_result(run_id, kind, params, lambda: fn(data(), **kwargs))
 
     def _save_briefly(self, entry: list[Any]) -> None:

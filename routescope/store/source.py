@@ -10,7 +10,7 @@ one chunk, whatever the run's length.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -50,7 +50,7 @@ class StoreSource:
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: duckdb.DuckDBPyConnection | Callable[[], duckdb.DuckDBPyConnection],
         run_id: str,
         *,
         phase: str = "all",
@@ -58,10 +58,12 @@ class StoreSource:
         seq_ids: Sequence[int] | None = None,
         path: str | None = None,
     ) -> None:
-        self.con = con
+        # a store passes a getter: its connection may be reopened (saving a result read-only)
+        self._get_con = con if callable(con) else (lambda: con)
         self.path = path  # where to reopen it (another process, a Ray worker); None: in memory
         self._seq_filter = None if seq_ids is None else [int(x) for x in seq_ids]
         self.run_id = run_id
+        con = self._get_con()
         self.phase = check_phase(phase)
         self.labels = None if labels is None else [str(x) for x in labels]
         rows = con.execute(
@@ -139,6 +141,11 @@ class StoreSource:
         )
 
     @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection it reads through (the store's current one)."""
+        return self._get_con()
+
+    @property
     def info(self) -> SourceInfo:
         return self._info
 
@@ -172,7 +179,7 @@ class StoreSource:
                     f"label(s) {outside} are outside this selection ({self.labels})"
                 )
         return StoreSource(
-            self.con,
+            self._get_con,
             self.run_id,
             phase=phase if phase != "all" else self.phase,
             labels=labels if labels is not None else self.labels,

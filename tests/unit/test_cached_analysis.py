@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from routescope.analysis import cache, consistency
 from routescope.cli._app import app
+from routescope.store.results import memo_kind
 from routescope.store.store import RoutingStore
 
 
@@ -28,7 +29,7 @@ def test_cli_entries_serve_the_dashboards_calls(filled):  # noqa: F811
     with RoutingStore(path, read_only=True) as store:
         trace = store.load_trace("run-a")
         kinds = {r[0] for r in store.con.execute("SELECT kind FROM analysis_results").fetchall()}
-        assert "routescope.analysis.consistency.srp" in kinds
+        assert memo_kind(consistency.srp) in kinds and memo_kind(consistency.srp).endswith("@v2")
         # the dashboard's call forms (tuples, phase as a keyword, defaults left out)
         srp = store.memo_analysis(
             "run-a", consistency.srp, _never, segment_lengths=(2, 3), phase="all"

@@ -82,7 +82,7 @@ def test_address_without_ray_is_one_line(db: str) -> None:
     res = CliRunner().invoke(
         app, ["localize", "run-a", "--db", db, *LOCALIZE, "--address", "auto", "--json"]
     )
-    assert res.exit_code != 0 and "--address needs --ray" in str(res.exception)
+    assert res.exit_code != 0 and "--address is for --ray" in str(res.exception)
 
 
 def test_localize_ray_equals_one_process(

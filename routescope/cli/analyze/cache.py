@@ -12,15 +12,15 @@ from typing import Any
 import typer
 
 from routescope.analysis.policies import SERVICES, default_policies, valid_names
-from routescope.cli._app import DEFAULT_DB, analyze_app
-from routescope.cli._format import fmt, json_rows, parse_int_list
-from routescope.cli.analyze.consistency import (
+from routescope.cli._analysis import (
     ADDRESS_HELP,
     RAY_HELP,
     RowProgress,
-    executor_for,
+    analysis_executor,
     source_loader,
 )
+from routescope.cli._app import DEFAULT_DB, analyze_app
+from routescope.cli._format import fmt, json_rows, parse_int_list
 from routescope.core.errors import InvalidParameterError
 
 
@@ -73,11 +73,14 @@ def cache_cmd(
             )
     ca.check_policies(pols, service)
     labels = sorted(label) if label else None
-    executor = executor_for(use_ray, address)
     err = Console(stderr=True, quiet=quiet or as_json)
     from routescope.store import RoutingStore
 
-    with RoutingStore(db, read_only=True) as store, RowProgress(not (quiet or as_json)) as bar:
+    with (
+        RoutingStore(db, read_only=True) as store,
+        analysis_executor(use_ray, address, quiet or as_json) as executor,
+        RowProgress(not (quiet or as_json)) as bar,
+    ):
         run_id = store.resolve_run(run)
         # all phases: the analysis picks the phase per chunk, so batch steps group the same
         # sequences whatever the phase

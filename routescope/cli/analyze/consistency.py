@@ -2,94 +2,26 @@
 
 The run is read chunk by chunk from the store (`RoutingStore.source`), in one process or as Ray
 tasks (`--ray [--address ADDR]`), and each result is kept in the store's memo of analysis results.
-`RowProgress` and `executor_for` are shared with `routescope analyze cache`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import typer
 
+from routescope.cli._analysis import (
+    ADDRESS_HELP,
+    RAY_HELP,
+    RowProgress,
+    analysis_executor,
+    source_loader,
+)
 from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows, parse_int_list
 from routescope.core.errors import InvalidParameterError
-
-RAY_HELP = "Run the analysis as Ray tasks (a local Ray unless --address)."
-ADDRESS_HELP = "With --ray: the Ray cluster address ('auto', 'ray://host:10001')."
-
-
-def executor_for(use_ray: bool, address: str | None) -> Any:
-    """A `RayExecutor` for --ray (at `address`, or a local Ray), else None (this process)."""
-    if address is not None and not use_ray:
-        raise InvalidParameterError("--address is for --ray; add --ray or leave it out")
-    if not use_ray:
-        return None
-    from routescope.analysis.ray_driver import RayExecutor, _import_ray
-
-    _import_ray()  # one clear line now if ray is missing
-    return RayExecutor(address)
-
-
-def source_loader(store: Any, run_id: str, phase: str, labels: list[str] | None) -> Callable:
-    """The run as a `TraceSource`, made only when a result is not in the memo (afresh for each
-    analysis: saving a result from a read-only store reopens its connection)."""
-
-    def source() -> Any:
-        return store.source(run_id, phase=phase, labels=labels)
-
-    return source
-
-
-class RowProgress:
-    """A rich progress bar of route rows processed, one line per analysis pass (none if off)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-
-    def __enter__(self) -> RowProgress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:,.0f} / {task.total:,.0f} route rows"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def task(self, what: str) -> Callable[[int, int], None] | None:
-        """A `progress(done, total)` callback whose line appears when the pass starts."""
-        if self._bar is None:
-            return None
-        bar = self._bar
-        ids: list[Any] = []  # the task, added at the first call
-
-        def update(done: int, total: int) -> None:
-            if not ids:
-                ids.append(bar.add_task(what, total=max(total, 1)))
-            bar.update(ids[0], completed=done, total=max(total, 1))
-
-        return update
 
 
 @analyze_app.command("consistency")
@@ -117,9 +49,12 @@ def consistency_cmd(
     if phase not in cons.CONSISTENCY_PHASES:
         raise InvalidParameterError(f"unknown phase {phase!r}; use one of all, prefill, decode")
     labels = sorted(label) if label else None
-    executor = executor_for(use_ray, address)
     err = Console(stderr=True, quiet=quiet or as_json)
-    with RoutingStore(db, read_only=True) as store, RowProgress(not (quiet or as_json)) as bar:
+    with (
+        RoutingStore(db, read_only=True) as store,
+        analysis_executor(use_ray, address, quiet or as_json) as executor,
+        RowProgress(not (quiet or as_json)) as bar,
+    ):
         run_id = store.resolve_run(run)
         source = source_loader(store, run_id, phase, labels)
         sel: dict[str, Any] = {"phase": phase, "labels": labels, "executor": executor}

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import typer
 
-from routescope.cli._app import DEFAULT_DB, analyze_app
-from routescope.cli.localize import (
+from routescope.cli._analysis import (
     ADDRESS_HELP,
     RAY_HELP,
     LazyBar,
     analysis_executor,
     run_fingerprint,
 )
+from routescope.cli._app import DEFAULT_DB, analyze_app
 
 
 def _same_store(a: str, b: str) -> bool:

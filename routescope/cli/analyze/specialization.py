@@ -9,9 +9,9 @@ from pathlib import Path
 
 import typer
 
+from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, LazyBar, analysis_executor
 from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows
-from routescope.cli.localize import ADDRESS_HELP, RAY_HELP, LazyBar, analysis_executor
 
 
 @analyze_app.command("specialization")
