@@ -47,6 +47,11 @@ def localize_cmd(
         None, help="Write a steering spec (JSON) deactivating the top experts with q ≤ --q-max."
     ),
     q_max: float = typer.Option(0.05, help="q-value cut for --spec-out."),
+    ranking_out: Path | None = typer.Option(
+        None,
+        "--ranking-out",
+        help="Write each layer's experts ordered by risk difference as JSONL (for pruning tools).",
+    ),
     use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -109,6 +114,11 @@ def localize_cmd(
         spec = lo.steering_spec_from_ranking(result, top=top if top > 0 else 10**9, q_max=q_max)
         spec_out.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         err.print(f"wrote {spec_out} ({len(spec['edits'])} edits)", highlight=False)
+    if ranking_out is not None:
+        from routescope.analysis.rankings import write_expert_ranking
+
+        n = write_expert_ranking(result, ranking_out)
+        err.print(f"wrote {ranking_out} ({n} layers)", highlight=False)
     head = {
         "run_id": run_id,
         "target": target,

@@ -453,6 +453,7 @@ def test_token_sets_from_specs() -> None:
         in_target=np.array([False, True, True, True, False]),
         prompt_sets=np.array(["A", "A", "B"], dtype=object),
     )
+
     def both(*specs: str, **kw) -> tuple[Trace, Trace]:  # noqa: ANN003
         t, c = lo.token_sets_from_specs(tr, *specs, **kw)
         return t.to_trace(), c.to_trace()
@@ -529,3 +530,50 @@ def test_cli_two_runs_over_the_same_prompts(tmp_path) -> None:  # noqa: ANN001
     p2 = (base.experts[:, 0, :] == 0).any(axis=1).mean()
     got = next(r for r in out["results"] if r["expert"] == 0)
     assert got["rd"] == pytest.approx(p1 - p2)
+
+
+def test_cli_ranking_out_writes_per_layer_expert_lists(tmp_path) -> None:  # noqa: ANN001
+    """`localize --ranking-out` and `analyze specialization --ranking-out` write one JSON line
+    per layer: the planted expert first for localization, experts by load share for load."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from routescope.analysis.specialization import expert_load
+    from routescope.cli import app
+
+    tr = synthetic(0, planted=((0, 3), (1, 5)))
+    db = tmp_path / "r.duckdb"
+    write_db(db, tr, "syn")
+    runner = CliRunner()
+    loc_file, load_file = tmp_path / "loc.jsonl", tmp_path / "load.jsonl"
+    res = runner.invoke(
+        app,
+        ["localize", "syn", "--db", str(db), "--target", "label:t", "--control", "label:c"]
+        + ["--n-boot", "50", "--n-perm", "50", "-q", "--ranking-out", str(loc_file)],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in loc_file.read_text().splitlines()]
+    assert [r["layer"] for r in lines] == sorted(tr.layers)
+    assert lines[0]["experts"][0] == 3 and lines[1]["experts"][0] == 5
+    assert all(sorted(r["experts"]) == list(range(tr.num_experts)) for r in lines)
+    res = runner.invoke(
+        app,
+        [
+            "analyze",
+            "specialization",
+            "syn",
+            "--db",
+            str(db),
+            "-q",
+            "--ranking-out",
+            str(load_file),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    load = expert_load(tr)
+    for rec in (json.loads(x) for x in load_file.read_text().splitlines()):
+        shares = load.filter(load["layer"] == rec["layer"]).sort(
+            ["share", "expert"], descending=[True, False]
+        )
+        assert rec["experts"] == shares["expert"].to_list()

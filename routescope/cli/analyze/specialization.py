@@ -32,6 +32,11 @@ def specialization_cmd(
         help="Also list the tokens each expert dominates (at --layer or the first).",
     ),
     min_count: int = typer.Option(10, help="--vocab: only token ids seen at least this often."),
+    ranking_out: Path | None = typer.Option(
+        None,
+        "--ranking-out",
+        help="Write each layer's experts ordered by load share as JSONL (for pruning tools).",
+    ),
     use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No status messages."),
@@ -90,6 +95,11 @@ def specialization_cmd(
             if n_groups >= 2
             else None
         )
+        if ranking_out is not None:
+            from routescope.analysis.rankings import write_expert_ranking
+
+            n = write_expert_ranking(load, ranking_out, score="share")
+            err.print(f"wrote {ranking_out} ({n} layers)", highlight=False)
         focus = layer if layer is not None else info.layers[0]
         whole = {"phase": phase, "layers": None}  # keyed like the dashboard's entries
         vocab_rows = None
