@@ -9,7 +9,15 @@ batches of B x T token ids go through (a) a plain `model(input_ids, attention_ma
 which traces the forward with nnsight, reads every router's output, puts the routing in rank order,
 drops pads and moves it to the host as numpy arrays. Decode: `collect_batch(max_new_tokens=N)`
 against a plain greedy KV-cache loop of N + 1 forwards (the engine also feeds the last token).
-Timings interleave the variants and take the median over repeats (the machine may be shared).
+Timings interleave the variants; each is taken on two clocks, wall and this process's CPU time,
+and reported as the median over repeats. Ratios are the median of the per-repeat ratios (each
+repeat runs the variants back to back), on CPU time: on a shared machine other processes stretch
+the wall clock of whichever variant they overlap, but not the CPU time this process spends.
+
+The plain decode loop passes the KV cache under the keyword the model's forward takes
+(`routescope.models.compat`), as the engine does, so neither side pays transformers' rename shim.
+`describe_machine`, `interleaved`, `Timings` and `plain_decode` are shared with the other collection
+benchmarks (bench_collect_width.py, bench_steered_generation.py).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +39,73 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from routescope.collect.engine import collect_batch  # noqa: E402
 from routescope.models import LoadedModel  # noqa: E402
+from routescope.models.compat import cache_kwarg, output_cache  # noqa: E402
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's name elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(threads: int) -> str:
+    """One line naming the machine: CPU model, cores, torch threads, versions, load average."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores ({platform.machine()}), {threads} torch "
+        f"thread(s), Python {platform.python_version()}, torch {torch.__version__}. Load average "
+        f"at the end: {load} (a shared machine: the ratios are the meaningful numbers)."
+    )
+
+
+@dataclass
+class Timings:
+    """Seconds per variant and repeat on two clocks: ``wall`` and ``cpu`` (this process)."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str, clock: str = "cpu") -> float:
+        return statistics.median(getattr(self, clock)[name])
+
+    def ratio(self, num: str, den: str, clock: str = "cpu") -> float:
+        """Median over repeats of ``num / den`` (each repeat ran them back to back)."""
+        series = getattr(self, clock)
+        return statistics.median(a / b for a, b in zip(series[num], series[den], strict=True))
+
+    def row(self, label: str, name: str, count: float | None = None) -> str:
+        """A table row: CPU and wall medians, items per CPU second, the wall range."""
+        cpu, wall = self.median(name), self.median(name, "wall")
+        rate = f"{count / cpu:,.1f}" if count else ""
+        lo, hi = min(self.wall[name]), max(self.wall[name])
+        return f"| {label} | {cpu:.3f} | {wall:.3f} | {rate} | {lo:.3f}-{hi:.3f} |"
+
+    HEADER = (
+        "| variant | CPU s (median) | wall s (median) | tokens per CPU s | wall min-max s |\n"
+        "|---|---:|---:|---:|---:|"
+    )
+
+
+def interleaved(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> Timings:
+    """Run every variant ``repeats`` times, interleaved (so load on a shared machine hits all
+    alike), after ``warmup`` untimed rounds (nnsight wrapper, allocator)."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    out = Timings({k: [] for k in variants}, {k: [] for k in variants})
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            wall, cpu = timed(fn)
+            out.wall[name].append(wall)
+            out.cpu[name].append(cpu)
+    return out
 
 
 def build_model() -> torch.nn.Module:
@@ -58,14 +134,17 @@ def build_model() -> torch.nn.Module:
     return model
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of this process)`` of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def plain_decode(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int) -> None:
-    """Greedy KV-cache decode with N + 1 plain forwards (same work as the engine's loop)."""
+    """Greedy KV-cache decode with N + 1 plain forwards (same work as the engine's loop), the
+    cache passed under the keyword the forward takes (no FutureWarning from the rename shim)."""
+    cache_name = cache_kwarg(model)
     mask = torch.ones_like(ids)
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     out = model(
@@ -80,7 +159,7 @@ def plain_decode(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int) -> 
             input_ids=nxt,
             attention_mask=mask,
             position_ids=last,
-            past_key_values=out.past_key_values,
+            **{cache_name: output_cache(out)},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -139,17 +218,9 @@ def main() -> None:
         "plain_decode": run_plain_decode,
         "collect_decode": run_collect_decode,
     }
-    for fn in variants.values():  # warm-up (nnsight wrapper, allocator)
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    t = interleaved(variants, args.repeats)
     tokens = args.batches * args.batch_size * args.seq_len
-    ratio_plain = med["collect"] / med["plain"]
-    ratio_keep1 = med["collect"] / med["plain_keep1"]
-    ratio_decode = med["collect_decode"] / med["plain_decode"]
+    dec_tokens = args.batch_size * args.new_tokens
 
     lines = [
         "# Collection overhead: `collect_batch` vs a plain forward",
@@ -158,25 +229,25 @@ def main() -> None:
         f"{args.threads} torch thread(s).",
         f"Prefill: {args.batches} batches of {args.batch_size} x {args.seq_len} tokens "
         f"({tokens} tokens); decode: batch {args.batch_size}, prompt {dec_ids.shape[1]}, "
-        f"{args.new_tokens} new tokens. Median of {args.repeats} interleaved repeats.",
+        f"{args.new_tokens} new tokens. {args.repeats} interleaved repeats; ratios are medians "
+        "of per-repeat CPU-time ratios.",
         "",
-        "| variant | median s | tokens/s |",
-        "|---|---:|---:|",
-        f"| plain forward (full logits) | {med['plain']:.3f} | {tokens / med['plain']:,.0f} |",
-        f"| plain forward, logits_to_keep=1 | {med['plain_keep1']:.3f} | "
-        f"{tokens / med['plain_keep1']:,.0f} |",
-        f"| collect_batch (prefill) | {med['collect']:.3f} | {tokens / med['collect']:,.0f} |",
-        f"| plain greedy decode loop | {med['plain_decode']:.3f} | |",
-        f"| collect_batch (decode) | {med['collect_decode']:.3f} | |",
+        Timings.HEADER,
+        t.row("plain forward (full logits)", "plain", tokens),
+        t.row("plain forward, logits_to_keep=1", "plain_keep1", tokens),
+        t.row("collect_batch (prefill)", "collect", tokens),
+        t.row("plain greedy decode loop", "plain_decode", dec_tokens),
+        t.row("collect_batch (decode)", "collect_decode", dec_tokens),
         "",
-        f"**Prefill overhead ratio** collect / plain forward: **{ratio_plain:.3f}** "
-        f"(vs the logits_to_keep=1 forward the engine runs: {ratio_keep1:.3f}; target <= 1.15).",
-        f"**Decode overhead ratio** collect / plain greedy loop: **{ratio_decode:.3f}**.",
+        f"**Prefill overhead ratio** collect / plain forward: **{t.ratio('collect', 'plain'):.3f}** "
+        f"(vs the logits_to_keep=1 forward the engine runs: "
+        f"{t.ratio('collect', 'plain_keep1'):.3f}; target <= 1.15; wall clock: "
+        f"{t.ratio('collect', 'plain', 'wall'):.3f}).",
+        f"**Decode overhead ratio** collect / plain greedy loop: "
+        f"**{t.ratio('collect_decode', 'plain_decode'):.3f}** (wall clock: "
+        f"{t.ratio('collect_decode', 'plain_decode', 'wall'):.3f}).",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"torch {torch.__version__}. Load average at the end: "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: ratios are the "
-        "meaningful numbers).",
+        describe_machine(args.threads),
         "",
         "Rerun: `python benchmarks/bench_collect_overhead.py` (see --help for sizes).",
         "",
