@@ -14,6 +14,7 @@ from routescope.cli import (  # noqa: F401  (imported for their command registra
     merge,
     presets,
     runs,
+    simulate,
     sql,
     steer,
 )

@@ -3,6 +3,7 @@
 from routescope.cli.analyze import (  # noqa: F401  (imported for their command registrations)
     cache,
     consistency,
+    prefetch,
     saturation,
     specialization,
 )

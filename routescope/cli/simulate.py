@@ -1,0 +1,279 @@
+"""`routescope simulate …`: what-if simulations over a collected run.
+
+`simulate offload`: tokens/s against GPU memory when experts are offloaded to host memory, cached
+per layer and prefetched by a predictor (DESIGN §9, `routescope.analysis.offload`). Expert size
+and compute come from the run's model config (found locally: the demo model, a model directory,
+or the Hugging Face cache; never downloaded) unless given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from routescope.analysis import offload as ol
+from routescope.analysis import prefetch as pf
+from routescope.cli._analysis import (
+    ADDRESS_HELP,
+    RAY_HELP,
+    RowProgress,
+    analysis_executor,
+    source_loader,
+)
+from routescope.cli._app import DEFAULT_DB, app
+from routescope.cli._format import json_rows, parse_int_list
+from routescope.cli.analyze.prefetch import parse_names
+from routescope.core.errors import InvalidParameterError
+
+simulate_app = typer.Typer(help="What-if simulations over a collected run.", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+
+DEMO_IDS = ("demo", "routescope/demo")
+
+
+def model_config(model_id: str | None, revision: str | None = None) -> dict[str, Any] | None:
+    """The model's config.json as a dict when it is on this machine (the demo model, a local
+    directory, or a Hugging Face cache snapshot), else None. Nothing is downloaded."""
+    if not model_id:
+        return None
+    candidates: list[Path] = []
+    if model_id in DEMO_IDS:
+        from routescope.models.demo import DEMO_MODEL_PATH
+
+        candidates.append(Path(DEMO_MODEL_PATH) / "config.json")
+    path = Path(os.path.expanduser(model_id))
+    candidates.append(path / "config.json")
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
+    repo = hub / ("models--" + model_id.replace("/", "--"))
+    snaps = repo / "snapshots"
+    if revision and (snaps / revision).is_dir():
+        candidates.append(snaps / revision / "config.json")
+    ref = repo / "refs" / (revision or "main")
+    if ref.is_file():
+        candidates.append(snaps / ref.read_text().strip() / "config.json")
+    if snaps.is_dir():
+        candidates += sorted(snaps.glob("*/config.json"))
+    for c in candidates:
+        try:
+            if c.is_file():
+                return json.loads(c.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def run_cost(
+    info: dict[str, Any],
+    *,
+    expert_mb: float | None = None,
+    nonexpert_gb: float | None = None,
+    bandwidth_gbps: float = ol.DEFAULT_BANDWIDTH_GBPS,
+    tflops: float | None = None,
+    layer_ms: float | None = None,
+    bytes_per_param: int | None = None,
+) -> ol.OffloadCost:
+    """The run's `OffloadCost`: from its model's config where found, with any value given."""
+    config = model_config(info.get("model_id"), info.get("model_revision"))
+    return ol.model_cost(
+        config,
+        len(info["moe_layers"]),
+        int(info["top_k"]),
+        int(info["num_experts"]),
+        expert_mb=expert_mb,
+        nonexpert_gb=nonexpert_gb,
+        bandwidth_gbps=bandwidth_gbps,
+        tflops=tflops,
+        layer_ms=layer_ms,
+        bytes_per_param=bytes_per_param,
+    )
+
+
+@simulate_app.command("offload")
+def offload_cmd(
+    run: str = typer.Argument("latest", help="Run id or name ('latest' for the newest)."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB file (or Parquet export) to read."),
+    policies: str = typer.Option(
+        ",".join(ol.DEFAULT_POLICIES), help="Comma list of lru, lfu, fifo, lookahead-<L>, belady."
+    ),
+    predictors: str | None = typer.Option(
+        None,
+        help=f"Comma list of {pf.valid_names()} (or none). Default: previous-token, "
+        "speculative-<lead> when recorded, oracle.",
+    ),
+    widths: str | None = typer.Option(None, help="Prefetch widths m, e.g. 8,16 (default k)."),
+    lead: int = typer.Option(
+        1, help="Layers ahead a prefetch is issued (speculative-d / transition-d use their d)."
+    ),
+    capacities: str | None = typer.Option(
+        None, help="Experts cached per layer: 4,8,16 or 1-64 (default ~9 sizes from k/2 to E)."
+    ),
+    expert_mb: float | None = typer.Option(
+        None, "--expert-mb", help="Bytes of one expert, in MB (default from the model config)."
+    ),
+    nonexpert_gb: float | None = typer.Option(
+        None, "--nonexpert-gb", help="Non-expert weights on the GPU, GB (default from the config)."
+    ),
+    bandwidth_gbps: float = typer.Option(
+        ol.DEFAULT_BANDWIDTH_GBPS, "--bandwidth-gbps", help="Host-to-device GB/s (PCIe 4.0 x16)."
+    ),
+    tflops: float | None = typer.Option(
+        None,
+        "--tflops",
+        help=f"Effective compute rate for the FLOP count (default {ol.DEFAULT_TFLOPS:g}, a "
+        "batch-1 decode step bound by ~1 TB/s of GPU memory).",
+    ),
+    layer_ms: float | None = typer.Option(
+        None, "--layer-ms", help="Compute per MoE layer per token, ms (instead of FLOPs/--tflops)."
+    ),
+    bytes_per_param: int | None = typer.Option(
+        None, "--bytes-per-param", help="2 for bf16/fp16, 1 for 8-bit (default from the config)."
+    ),
+    phase: str = typer.Option(
+        "split", help="split (prefill and decode streams apart), all, prefill, decode."
+    ),
+    train_split: float = typer.Option(
+        pf.DEFAULT_TRAIN_SPLIT, "--train-split", help="Train fraction for fitted predictors."
+    ),
+    label: list[str] = typer.Option(None, "--label", help="Only sequences with this label."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    plot: Path | None = typer.Option(None, help="Write a plotly figure (.html, or .png)."),
+    use_ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status messages."),
+) -> None:
+    """Offloading what-if: per-layer expert caches under each policy, prefetch by each predictor,
+    one host-to-device link; tokens/s against GPU memory with the all-resident and no-cache
+    limits."""
+    from rich.console import Console
+
+    pols = parse_names(policies, "policies") or []
+    ol.check_policies(pols)
+    names = parse_names(predictors, "predictors")
+    if names is not None:
+        for n in names:
+            if n != "none":
+                pf.get_predictor(n)
+    if phase not in ol.PHASE_CHOICES:
+        raise InvalidParameterError(
+            f"unknown phase {phase!r}; use one of {', '.join(ol.PHASE_CHOICES)}"
+        )
+    pf.check_train_split(train_split)
+    ws = parse_int_list(widths, "widths") if widths else None
+    caps = parse_int_list(capacities, "capacities") if capacities else None
+    labels = sorted(label) if label else None
+    err = Console(stderr=True, quiet=quiet or as_json)
+    from routescope.store import RoutingStore
+
+    with (
+        RoutingStore(db, read_only=True) as store,
+        analysis_executor(use_ray, address, quiet or as_json) as executor,
+        RowProgress(not (quiet or as_json)) as bar,
+    ):
+        run_id = store.resolve_run(run)
+        info = store.run_info(run_id)
+        cost = run_cost(
+            info,
+            expert_mb=expert_mb,
+            nonexpert_gb=nonexpert_gb,
+            bandwidth_gbps=bandwidth_gbps,
+            tflops=tflops,
+            layer_ms=layer_ms,
+            bytes_per_param=bytes_per_param,
+        )
+        source = source_loader(store, run_id, "all", labels)
+        params = {
+            "policies": pols,
+            "predictors": names,
+            "widths": ws,
+            "lead": lead,
+            "capacities": caps,
+            "phase": phase,
+            "train_split": train_split,
+            "labels": labels,
+        }
+        df = store.memo_analysis(
+            run_id,
+            ol.offload_whatif,
+            source,
+            progress=bar.task("offload what-if"),
+            executor=executor,
+            cost=cost,
+            **params,
+        )
+    if plot is not None:
+        from routescope.analysis.figures_prefetch import throughput_figure, write_figure
+
+        title = f"Offloading what-if — run {run_id} ({bandwidth_gbps:g} GB/s)"
+        write_figure(throughput_figure(df, title=title), plot)
+        err.print(f"wrote {plot}")
+    if as_json:
+        out = {
+            "run_id": run_id,
+            **params,
+            "cost": {**dataclasses.asdict(cost), "load_ms": cost.load_ps / 1e9},
+            "rows": json_rows(df),
+        }
+        typer.echo(json.dumps(out, indent=2))
+        return
+    print_offload(run_id, df, cost)
+
+
+def compact(x: float | None) -> str:
+    """3 significant digits with a k/M suffix ('–' for none): a rate in a narrow cell."""
+    if x is None:
+        return "–"
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def print_offload(run_id: str, df: Any, cost: ol.OffloadCost) -> None:
+    """Per phase and policy: tokens/s at each cache size (rows) for each predictor (columns),
+    then the limits."""
+    import polars as pl
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    lay = cost.layer_ms if isinstance(cost.layer_ms, tuple) else (cost.layer_ms,)
+    con.print(
+        f"[bold]Costs[/bold]: {cost.note}; expert load {cost.load_ps / 1e9:.4g} ms, "
+        f"MoE layer compute {sum(lay) / len(lay):.4g} ms, rest of the forward "
+        f"{cost.other_ms:.4g} ms per token"
+    )
+    sim = df.filter(pl.col("kind") == "simulated")
+    for (phase,), grp in sim.group_by(["phase"], maintain_order=True):
+        where = grp["evaluated_on"][0]
+        for (policy,), pol in grp.group_by(["policy"], maintain_order=True):
+            t = Table(title=f"Tokens/s — run {run_id}, {phase}, {policy} ({where} sequences)")
+            t.add_column("C", justify="right")
+            t.add_column("GPU GB", justify="right")
+            cols = pol.select("predictor", "width").unique(maintain_order=True).rows()
+            for pred, m in cols:
+                t.add_column("cache only" if pred == "none" else f"{pred}\nm={m}", justify="right")
+            for (cap,), row in pol.group_by(["capacity"], maintain_order=True):
+                by = {(r["predictor"], r["width"]): r["tokens_per_s"] for r in row.to_dicts()}
+                cells = [compact(by.get(c)) for c in cols]
+                t.add_row(str(cap), f"{row['memory_gb'][0]:.3g}", *cells)
+            con.print(t)
+        lim = {
+            r["policy"]: r
+            for r in df.filter((pl.col("kind") == "limit") & (pl.col("phase") == phase)).to_dicts()
+        }
+        top, low = lim.get("all-resident"), lim.get("no-cache")
+        if top and low:
+            con.print(
+                f"{phase} limits: all resident (compute bound) {compact(top['tokens_per_s'])} "
+                f"tokens/s at {top['memory_gb']:.3g} GB; no cache {compact(low['tokens_per_s'])} "
+                f"tokens/s at {low['memory_gb']:.3g} GB. '–': the prefetch width does not fit "
+                "(C < m)."
+            )
