@@ -31,17 +31,20 @@ def _where(x: int | None) -> str:
     return "all layers pooled" if x is None else f"layer {x}"
 
 
+#: The page's defaults are `routescope analyze consistency`'s and `analyze cache`'s, so a run
+#: analyzed with the CLI's defaults opens here from the memo without computing anything.
+SEGMENT_DEFAULT = [4, 16, 64, 256]
 c1, c2 = st.columns(2)
 with c1:
     where = st.selectbox("Layer", where_options, format_func=_where, key="locality_layer")
 with c2:
-    phase = st.selectbox("Phase (SRP, SCH)", ["prefill", "decode", "all"], key="locality_phase")
+    phase = st.selectbox("Phase (SRP, SCH)", ["all", "prefill", "decode"], key="locality_phase")
 
 st.subheader("Local routing consistency")
 segs = st.multiselect(
     "Segment lengths L",
-    [2, 4, 8, 16, 32, 64, 128, 256],
-    default=[2, 4, 8, 16],
+    [2, 4, 8, 16, 32, 64, 128, 256, 512],
+    default=SEGMENT_DEFAULT,
     key="segment_lengths",
 )
 if not segs:
@@ -49,22 +52,21 @@ if not segs:
     st.stop()
 kind = st.radio("SCH cache", ["segment-oracle", "lookahead"], horizontal=True, key="sch_kind")
 segs = sorted(segs)
-with sh.guarded():  # keyed like the CLI: fn's full arguments, the source narrowed to the phase
+left, right = st.columns(2)
+# each chart is drawn as soon as its result is in (keyed like the CLI: fn's full arguments, the
+# source narrowed to the phase)
+with sh.guarded():
     srp_df = sh.analysis(
         db, version, run_id, consistency.srp, "SRP", read_phase=phase,
         segment_lengths=segs, phase=phase,
     )  # fmt: skip
+with left:
+    sh.plot(srp_figure(srp_df, where), key="srp_chart")
+with sh.guarded():
     sch_df = sh.analysis(
         db, version, run_id, consistency.sch, "SCH", read_phase=phase,
         segment_lengths=segs, kind=kind, phase=phase,
     )  # fmt: skip
-    rep = sh.analysis(
-        db, version, run_id, consistency.repetition_rates, "Repetition", read_phase=phase,
-        phase=phase,
-    )  # fmt: skip
-left, right = st.columns(2)
-with left:
-    sh.plot(srp_figure(srp_df, where), key="srp_chart")
 with right:
     sh.plot(sch_figure(sch_df, where), key="sch_chart")
 st.dataframe(
@@ -72,6 +74,11 @@ st.dataframe(
     hide_index=True,
     key="srp_table",
 )
+with sh.guarded():
+    rep = sh.analysis(
+        db, version, run_id, consistency.repetition_rates, "Repetition", read_phase=phase,
+        phase=phase,
+    )  # fmt: skip
 st.caption("Repetition of consecutive tokens' routing (chance levels beside each rate)")
 st.dataframe(rep, hide_index=True, key="repetition_table")
 

@@ -56,7 +56,9 @@ def test_srp_every_layer_pooled_or_one_layer():
     assert overview.layout.xaxis.type == "log"
     pooled = fl.srp_figure(df, None)
     assert [t.name for t in pooled.data] == ["SRP", "shuffled order", "floor 2r/(1+r)"]
-    assert list(pooled.data[0].x) == [4, 16] and list(pooled.data[0].y) == pytest.approx([0.59, 0.71])
+    assert list(pooled.data[0].x) == [4, 16] and list(pooled.data[0].y) == pytest.approx(
+        [0.59, 0.71]
+    )
     assert pooled.layout.title.text == "Segment Routing best Performance, all layers pooled"
     one = fl.srp_figure(df, 3)
     assert list(one.data[0].y) == pytest.approx([0.64, 0.76])
