@@ -87,6 +87,15 @@ PAGES: tuple[Page, ...] = (
         "streamed)",
     ),
     Page(
+        key="prefetch",
+        title="Prefetch and offloading",
+        url_path="prefetch",
+        file="views/8_prefetch.py",
+        icon=":material/bolt:",
+        reads="prefetch recall and offloading what-if results from the store's results memo "
+        "(computed once, streamed)",
+    ),
+    Page(
         key="localization",
         title="Localization",
         url_path="localization",
