@@ -239,11 +239,14 @@ def collect_batch(
     captured, out = _traced_forward(
         lm, ids, mask, positions, None, generating, steering, cache_name
     )
-    experts_parts, weights_parts, probs_parts = [], [], []
+    experts_parts: list[torch.Tensor] = []
+    weights_parts: list[torch.Tensor] = []
+    probs_parts: list[torch.Tensor] = []
     e, w, p = _stack_step(lm, captured, batch, save_probs)
     experts_parts.append(e)
     weights_parts.append(w)
-    probs_parts.append(p)
+    if p is not None:
+        probs_parts.append(p)
     token_parts = [ids]
     record_parts = [mask.bool()]
 
@@ -269,7 +272,8 @@ def collect_batch(
             e, w, p = _stack_step(lm, captured, batch, save_probs)
             experts_parts.append(e)
             weights_parts.append(w)
-            probs_parts.append(p)
+            if p is not None:
+                probs_parts.append(p)
             if eos.numel():
                 alive = alive & ~torch.isin(nxt, eos)
             if not bool(alive.any()):

@@ -41,6 +41,7 @@ def cache_kwarg(model: Any) -> str:
     names neither (only ``**kwargs``) gets the installed transformers' keyword.
     """
     forward = getattr(model, "forward", model)
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):  # builtins or objects without a retrievable signature

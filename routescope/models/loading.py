@@ -243,7 +243,7 @@ def load_model(
         if quiet and bars_were_on:
             hf_logging.enable_progress_bar()
     if device_map is None:
-        hf_model = hf_model.to(device)
+        hf_model = hf_model.to(device)  # type: ignore[arg-type]  # transformers wraps .to
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             model, revision=revision, trust_remote_code=trust_remote_code

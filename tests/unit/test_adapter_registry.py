@@ -196,6 +196,7 @@ def test_out_of_tree_family_registers_without_editing_routescope(scratch_registr
         np.testing.assert_allclose(rec.weights[:, j], weights.gather(1, order).numpy(), rtol=1e-5)
         w, i = lm.adapter.route(logits, lm.router_modules()[j])  # route() is the router's choice
         np.testing.assert_array_equal(i.numpy(), rec.experts[:, j])
+        np.testing.assert_allclose(w.numpy(), rec.weights[:, j], rtol=1e-5)
 
     unregister_adapter("minimax")
     with pytest.raises(UnsupportedModelError, match="'minimax' has no routescope adapter"):
@@ -224,7 +225,7 @@ def _define(family: str, base: type = SoftmaxTopKAdapter, **attrs: object) -> ty
     """Register a class built from ``base`` and ``attrs`` under ``family``."""
     body = dict(attrs)
     model_types = body.pop("model_types", None)
-    return register_adapter(family, model_types=model_types)(  # type: ignore[arg-type]
+    return register_adapter(family, model_types=model_types)(
         type(f"Adapter_{family}", (base,), body)
     )
 

@@ -37,7 +37,8 @@ class DeepseekV3Adapter(MoEAdapter):
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         scores = torch.sigmoid(logits.float())
-        choice = scores + router.e_score_correction_bias.float()
+        bias: torch.Tensor = router.e_score_correction_bias  # type: ignore[assignment]
+        choice = scores + bias.float()
         choice = remove_experts(choice, mask)
         n_group = int(self.config.n_group)
         grouped = choice.view(-1, n_group, self.num_experts // n_group)

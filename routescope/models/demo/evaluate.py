@@ -95,7 +95,7 @@ def evaluate(model_dir: Path, max_windows: int = 200, seq_len: int = 128) -> dic
     train = encode_domains(tok, corpus, "train")
     held = encode_domains(tok, corpus, "heldout")
     dom_counts = {d: np.bincount(train[d], minlength=vocab) for d in DEMO_DOMAINS}
-    pooled_lp = unigram_logprobs(sum(dom_counts.values()))
+    pooled_lp = unigram_logprobs(np.sum(list(dom_counts.values()), axis=0))
     results: list[DomainResult] = []
     routed: dict[str, np.ndarray] = {}
     for d in DEMO_DOMAINS:
