@@ -524,6 +524,12 @@ def vocabulary_specialization(
     if min_count < 1:
         raise InvalidParameterError(f"min_count must be ≥ 1, got {min_count}")
     source = as_source(data)
+    if not source.info.has_token_ids:
+        raise InvalidParameterError(
+            f"vocabulary specialization needs token ids, and run {source.info.run_id or ''} has "
+            "none (an imported trace without them); import it with the token ids, or use the "
+            "per-label analyses"
+        )
     reduction = vocabulary_reduction(source.info, min_count, next_token, layers)
     _require_tokens(source.info, "vocabulary specialization")
     return run_reduction(source, reduction, max_rows=max_rows, progress=progress, executor=executor)

@@ -70,6 +70,7 @@ def runs_table(frame, title: str):
         ("sequences", "right"),
         ("labels", "left"),
         ("status", "left"),
+        ("source", "left"),
     ):
         table.add_column(  # the run id is what users copy: wrap it, never cut it
             col,
@@ -100,6 +101,8 @@ def runs_table(frame, title: str):
             f"{row['sequences']:,}",
             labels if len(labels) <= 40 else labels[:37] + "…",
             str(row["status"]),
+            str(row.get("source") or "routescope")
+            + ("" if row.get("has_weights", True) else " (no weights)"),
         )
     return table
 

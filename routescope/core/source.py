@@ -38,6 +38,8 @@ class SourceInfo:
     labels: tuple[str, ...] = ()
     prompt_sets: tuple[str, ...] = ()
     has_weights: bool = True
+    #: False for an imported trace without token ids (stored NULL, read as -1)
+    has_token_ids: bool = True
     #: speculative rankings recorded: distances 1..D, top-m each (0, 0 when none)
     speculative_distances: int = 0
     speculative_width: int = 0

@@ -55,7 +55,8 @@ class StoreReader:
         t AS (SELECT run_id, count(*) AS tokens FROM tokens GROUP BY run_id)
         SELECT r.run_id, r.name, r.model_id, r.family, r.num_layers, r.moe_layers, r.num_experts,
                r.top_k, coalesce(t.tokens, 0) AS tokens, coalesce(s.sequences, 0) AS sequences,
-               coalesce(s.labels, []) AS labels, r.status, r.steering_id, r.created_at
+               coalesce(s.labels, []) AS labels, r.status, r.steering_id, r.created_at,
+               coalesce(r.source, 'routescope') AS source, coalesce(r.has_weights, true) AS has_weights
         FROM runs r LEFT JOIN s USING (run_id) LEFT JOIN t USING (run_id)
         ORDER BY r.created_at DESC, r.run_id
         """

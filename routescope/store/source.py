@@ -80,10 +80,16 @@ class StoreSource:
             [run_id],
         ).fetchall()[0]
         meta: dict[str, Any] = {}
-        if config:
-            cfg = json.loads(config) if isinstance(config, str) else config
-            if isinstance(cfg, dict) and cfg.get("batch_size"):
-                meta["batch_size"] = int(cfg["batch_size"])
+        cfg = (json.loads(config) if isinstance(config, str) else config) or {}
+        if isinstance(cfg, dict) and cfg.get("batch_size"):
+            meta["batch_size"] = int(cfg["batch_size"])
+        if isinstance(cfg, dict) and cfg.get("load_only"):
+            raise InvalidParameterError(
+                f"run {run_id} is load-only (per-expert counts from a {cfg.get('import_format', 'stat')} "
+                "dump, no per-token routing): only the load analysis applies "
+                f"(`routescope analyze specialization {run_id}`)"
+            )
+        has_token_ids = not (isinstance(cfg, dict) and cfg.get("has_token_ids") is False)
         present = [
             r[0]
             for r in con.execute(
@@ -132,6 +138,7 @@ class StoreSource:
             labels=tuple(sel_labels),
             prompt_sets=tuple(sets),
             has_weights=bool(has_weights),
+            has_token_ids=has_token_ids,
             speculative_distances=int(spec_shape[0]),
             speculative_width=int(spec_shape[1]),
             run_id=run_id,
@@ -290,7 +297,7 @@ class StoreSource:
         if spec_rows is not None:
             speculative = self._speculative(spec_rows, t_key, lay_col, n_all, n_lay)
         extra = {
-            "token_ids": toks.column("token_id").to_numpy().astype(np.int64)[order],
+            "token_ids": toks.column("token_id").fill_null(-1).to_numpy().astype(np.int64)[order],
             "positions": t_pos[order].astype(np.int32),
             "in_target": toks.column("in_target")
             .to_numpy(zero_copy_only=False)

@@ -113,7 +113,8 @@ def batch_tables(
                 "run_id": _dictionary(run_id, n),
                 "seq_id": pa.array(row_seq),
                 "pos": pa.array(positions),
-                "token_id": pa.array(token_ids.astype(np.int32)),
+                # an imported trace without token ids passes -1: stored as NULL
+                "token_id": pa.array(token_ids.astype(np.int32), mask=token_ids < 0),
                 "token": texts,
                 "phase": pa.array(phase_names, pa.string()),
                 "in_target": pa.array(tgt),

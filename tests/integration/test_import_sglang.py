@@ -169,6 +169,22 @@ def test_stat_dump_is_a_load_only_run(orig, tmp_path):
     want = expert_load(tr)
     assert frame.select("layer", "expert", "count").equals(want.select("layer", "expert", "count"))
     np.testing.assert_allclose(frame["share"].to_numpy(), want["share"].to_numpy())
+    # the load analysis answers from the counts; per-token analyses refuse in one line
+    import json
+
+    from typer.testing import CliRunner
+
+    from routescope.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["analyze", "specialization", "stat", "--db", db, "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)["load_summary"]
+    assert [r["layer"] for r in summary if r["layer"] is not None] == list(MOE_LAYERS)
+    for args in (["analyze", "consistency", "stat"], ["analyze", "cache", "stat"]):
+        res = runner.invoke(app, [*args, "--db", db, "-q"])
+        assert res.exit_code != 0 and "load-only" in str(res.exception)
+        assert "\n" not in str(res.exception)
 
 
 def test_malformed_dumps(orig, tmp_path):

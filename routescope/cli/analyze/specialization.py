@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -57,20 +58,23 @@ def specialization_cmd(
         analysis_executor(use_ray, address, quiet or as_json) as executor,
     ):
         run_id = store.resolve_run(run)
+        load_only = _load_only_counts(store, run_id, vocab or plot is not None)
 
         # A fresh source per computation: saving a result from a read-only store reopens its
         # connection, and a source holds the connection it was made with.
         def source():  # noqa: ANN202
             return store.source(run_id, phase=phase)
 
-        info = source().info
+        info = None if load_only is not None else source().info
         layers = None if layer is None else [layer]
-        if layers is not None:
+        if layers is not None and info is not None:
             info.check_layers(layers)  # a bad --layer is one line before any reading
         no_domain = ""
 
         @cache
         def counts() -> sp.DomainCounts:  # one pass for load, summary, domain and CV
+            if load_only is not None:
+                return load_only
             group = by if by in sp.GROUP_FIELDS else None
             with LazyBar(err, f"counting experts per {by}") as bar:
                 return sp.domain_counts(
@@ -100,7 +104,7 @@ def specialization_cmd(
 
             n = write_expert_ranking(load, ranking_out, score="share")
             err.print(f"wrote {ranking_out} ({n} layers)", highlight=False)
-        focus = layer if layer is not None else info.layers[0]
+        focus = layer if layer is not None else (info.layers[0] if info is not None else 0)
         whole = {"phase": phase, "layers": None}  # keyed like the dashboard's entries
         vocab_rows = None
         if vocab:
@@ -232,3 +236,34 @@ def _print_specialization(run_id, by, summary, cv, top_rows) -> None:  # noqa: A
             fmt(r["ratio_other"], 2),
         )
     console.print(t)
+
+
+def _load_only_counts(store: Any, run_id: str, per_token: bool) -> Any:
+    """A load-only run's counts (an SGLang `stat` dump) as `DomainCounts` without groups, or
+    None for a run with per-token routing; --vocab and --plot need tokens and are refused."""
+    from routescope.analysis.specialization import DomainCounts
+    from routescope.core.errors import InvalidParameterError
+    from routescope.importers.loadonly import load_counts_key
+
+    value = store.get_meta(load_counts_key(run_id))
+    if value is None:
+        return None
+    if per_token:
+        raise InvalidParameterError(
+            f"run {run_id} is load-only (per-expert counts, no per-token routing): "
+            "--vocab and --plot need tokens; leave them out"
+        )
+    import numpy as np
+
+    info = store.run_info(run_id)
+    counts = np.asarray(value["counts"], dtype=np.int64)[None]  # one group: all tokens
+    k = int(info["top_k"])
+    return DomainCounts(
+        by=None,
+        names=(),
+        layers=tuple(int(x) for x in value["layers"]),
+        num_experts=int(info["num_experts"]),
+        top_k=k,
+        counts=counts,
+        tokens=np.asarray([int(counts[0, 0].sum()) // max(k, 1)], dtype=np.int64),
+    )
