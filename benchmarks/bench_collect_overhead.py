@@ -108,6 +108,22 @@ def interleaved(
     return out
 
 
+def write_result(out: str, lines: list[str], threads: int, script: str, note: str) -> None:
+    """Write (and print) a results file: ``lines``, then the machine and how to rerun."""
+    lines = [
+        *lines,
+        describe_machine(threads),
+        "",
+        f"Rerun: `python benchmarks/{script}` ({note}), then `python benchmarks/report.py` to "
+        "rebuild BENCHMARKS.md.",
+        "",
+    ]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def build_model() -> torch.nn.Module:
     """Random OLMoE-shaped model: hidden 128, 4 layers, 16 experts, top-4."""
     cfg = AutoConfig.for_model(
@@ -247,15 +263,8 @@ def main() -> None:
         f"**{t.ratio('collect_decode', 'plain_decode'):.3f}** (wall clock: "
         f"{t.ratio('collect_decode', 'plain_decode', 'wall'):.3f}).",
         "",
-        describe_machine(args.threads),
-        "",
-        "Rerun: `python benchmarks/bench_collect_overhead.py` (see --help for sizes).",
-        "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(args.out, lines, args.threads, "bench_collect_overhead.py", "see --help for sizes")
 
 
 if __name__ == "__main__":

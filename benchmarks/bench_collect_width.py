@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from bench_collect_overhead import Timings, describe_machine, interleaved, plain_decode
+from bench_collect_overhead import Timings, interleaved, plain_decode, write_result
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from routescope.collect.engine import collect_batch
@@ -158,16 +158,14 @@ def main() -> None:
         f"**{t.ratio('collect_decode', 'plain_decode'):.3f}** (wall clock "
         f"{t.ratio('collect_decode', 'plain_decode', 'wall'):.3f}).",
         "",
-        describe_machine(args.threads),
-        "",
-        "Rerun: `python benchmarks/bench_collect_width.py` (two to four minutes on a shared machine; see --help for "
-        "sizes), then `python benchmarks/report.py` to rebuild BENCHMARKS.md.",
-        "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(
+        args.out,
+        lines,
+        args.threads,
+        "bench_collect_width.py",
+        "two to four minutes on a shared machine; see --help for sizes",
+    )
 
 
 if __name__ == "__main__":

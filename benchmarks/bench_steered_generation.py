@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_collect_overhead import Timings, describe_machine, interleaved
+from bench_collect_overhead import Timings, interleaved, write_result
 from bench_collect_width import build_width_model, random_batches
 
 from routescope.collect.engine import collect_batch
@@ -122,16 +122,14 @@ def main() -> None:
         f"**{t.ratio('generate_steered', 'generate'):.3f}** (wall clock "
         f"{t.ratio('generate_steered', 'generate', 'wall'):.3f}).",
         "",
-        describe_machine(args.threads),
-        "",
-        "Rerun: `python benchmarks/bench_steered_generation.py` (two to four minutes on a shared machine; see --help), "
-        "then `python benchmarks/report.py` to rebuild BENCHMARKS.md.",
-        "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(
+        args.out,
+        lines,
+        args.threads,
+        "bench_steered_generation.py",
+        "two to four minutes on a shared machine; see --help",
+    )
 
 
 if __name__ == "__main__":
