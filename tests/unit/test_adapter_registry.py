@@ -103,6 +103,16 @@ def test_adapters_readme_starter_table_names_real_adapters() -> None:
     assert "tests/unit/test_adapter_registry.py" in guide
 
 
+def test_registry_docstring_example_registers(scratch_registry) -> None:
+    """The copy-paste example in the registry's docstring runs and registers its family."""
+    doc = reg.__doc__ or ""
+    example = doc.split("Registering a family", 1)[1].split("::\n", 1)[1]
+    example = example.split("    from routescope.models import load_model", 1)[0]
+    exec(compile(textwrap.dedent(example), "registry-example", "exec"), {"__name__": "example"})
+    assert adapter_class("my_moe").__name__ == "MyMoeAdapter"
+    assert next(e for e in registered_adapters() if e.family == "my_moe").label == "MyMoE"
+
+
 # ---- lookups -------------------------------------------------------------------------------
 
 

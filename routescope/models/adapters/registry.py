@@ -18,8 +18,7 @@ Registering a family (copy, adjust, and read README.md in this folder for the st
 
     @register_adapter("my_moe", label="MyMoE")  # the config's model_type
     class MyMoeAdapter(SoftmaxTopKAdapter):
-        \"\"\"MyMoE: every layer MoE, router ``mlp.gate``; softmax over E, top-k.\"\"\"
-
+        # MyMoE: every layer MoE, router mlp.gate; softmax over E, top-k (the base's routing)
         router_attr = "mlp.gate"  # the router module inside one decoder layer
         experts_attr = "num_experts"  # the config attribute holding E
 
