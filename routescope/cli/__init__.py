@@ -9,6 +9,7 @@ from routescope.cli import (  # noqa: F401  (imported for their command registra
     collect,
     dashboard,
     demo,
+    families,
     importer,
     localize,
     merge,

@@ -353,3 +353,20 @@ def test_entry_point_plugins_register_and_a_broken_one_only_warns(
     texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(texts) == 1 and "'broken' (rs_plugin_broken)" in texts[0]
     assert "missing dependency" in texts[0]
+
+
+def test_families_command_lists_the_registry():
+    """`routescope families --json` is the registry's table (family, model types, routing)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from routescope.cli import app
+    from routescope.models.adapters.registry import registered_adapters
+
+    res = CliRunner().invoke(app, ["families", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["family"] for r in rows] == [e.family for e in registered_adapters()]
+    assert all(r["model_types"] and r["routing"] for r in rows)
+    assert "olmoe" in {t for r in rows for t in r["model_types"]}
