@@ -28,7 +28,9 @@ Cache decisions do not depend on timing (every event's order is fixed), so `m = 
 the hit counts of `cache_hit_rates(service="stream", start="cold")`, and for LRU a larger cache
 is never slower (inclusion: its loads are a subset, on the same first-come-first-served link).
 Prefetch widths must fit the cache (C >= m); smaller caches get only the cache-only row.
-Each sequence's stream starts cold. GPU memory = C × MoE layers × expert bytes + non-expert
+Each sequence's stream starts cold (or, with `start="warm"`, with each layer's cache holding
+the first C distinct experts the stream requests, at no cost: `analyze cache`'s warm start, so
+m = 0 then gives its warm hit counts). GPU memory = C × MoE layers × expert bytes + non-expert
 bytes. Two limits come with every result: `all-resident` (every expert preloaded: compute bound)
 and `no-cache` (every request loaded on demand: compute + requests × load time).
 
@@ -63,6 +65,9 @@ DEFAULT_BANDWIDTH_GBPS = 25.0
 DEFAULT_TFLOPS = 1.0
 DEFAULT_POLICIES = ("lru", "lfu", "belady")
 PHASE_CHOICES = ("split", "all", *PHASES)
+#: cold: each stream's caches start empty; warm: each layer's cache starts holding the first C
+#: distinct experts the stream will request (as if preloaded; `analyze cache`'s warm start)
+STARTS = ("cold", "warm")
 PS = 1_000_000_000_000  # picoseconds per second
 
 # policy codes of the simulator
@@ -377,7 +382,7 @@ def _issue(
 @njit(cache=True, parallel=True)
 def _simulate(
     X, P, offsets, chunks, n_items, policy, window, cap, m, lead, same_token,
-    layer_ps, other_ps, load_ps,
+    layer_ps, other_ps, load_ps, warm,
 ):  # fmt: skip
     """Simulate every sequence's stream; returns stats int64[len(chunks) - 1, len(STATS)]."""
     n, nl, kk = X.shape
@@ -445,6 +450,20 @@ def _simulate(
                             e = X[a + u, lay, j]
                             if e >= 0:
                                 win[lay, e] += 1
+                if warm:  # preloaded: the layer's first C distinct experts, in first-use order
+                    for i in range(T * kk):
+                        if nres[lay] == cap:
+                            break
+                        e = X[a + i // kk, lay, i % kk]
+                        if e < 0 or where[lay, e] >= 0:
+                            continue
+                        where[lay, e] = nres[lay]
+                        res[lay, nres[lay]] = e
+                        # never used yet: older than every use, the latest first use oldest
+                        last[lay, e] = -1 - nres[lay]
+                        adm[lay, e] = -1 - nres[lay]
+                        avail[lay, e] = 0
+                        nres[lay] += 1
             clock[0] = 0
             clock[1] = 0
             steps = T * nl
@@ -546,11 +565,14 @@ def simulate_stream(
     width: int = 0,
     lead: int = 1,
     same_token: bool = False,
+    start: str = "cold",
 ) -> dict[str, int]:
     """One policy at one capacity over request arrays X int[N, L, k] (rank order, -1 padding)
     with sequence `offsets`; `predictions` int[N, L, >= width] (rank order, -1 = none) are
-    prefetched `lead` layers ahead. Returns the summed STATS of every sequence's stream."""
+    prefetched `lead` layers ahead; `start` 'warm' preloads each layer's first C distinct
+    experts of every stream. Returns the summed STATS of every sequence's stream."""
     code, window = _policy_code(policy)
+    check_start(start)
     X = np.ascontiguousarray(X, dtype=np.int32)
     n, nl, _ = X.shape
     if width > 0:
@@ -585,6 +607,7 @@ def simulate_stream(
         cost.layer_ps(nl),
         cost.other_ps,
         cost.load_ps,
+        start == "warm",
     ).sum(axis=0)
     return dict(zip(STATS, (int(x) for x in stats), strict=True))
 
@@ -600,6 +623,12 @@ def _policy_code(name: str) -> tuple[int, int]:
             f"use {supported}"
         )
     return _CODES[policy.name], max(1, param)
+
+
+def check_start(start: str) -> str:
+    if start not in STARTS:
+        raise InvalidParameterError(f"unknown start {start!r}; use one of {', '.join(STARTS)}")
+    return start
 
 
 def check_policies(policies: Sequence[str]) -> tuple[str, ...]:
@@ -659,6 +688,7 @@ class OffloadSpec:
     num_experts: int
     top_k: int
     max_width: int = field(default=0)
+    warm: bool = False
 
 
 def _stream_rows(chunk: Trace, stream: str, heldout: bool, train_split: float):
@@ -726,6 +756,7 @@ def _sim_kernel(spec: OffloadSpec, chunk: Trace) -> dict[str, np.ndarray]:
                 layer_ps,
                 spec.cost.other_ps,
                 spec.cost.load_ps,
+                spec.warm,
             ).sum(axis=0)
     return out
 
@@ -753,6 +784,7 @@ SCHEMA = {
     "ms_per_token": pl.Float64,
     "tokens_per_s": pl.Float64,
     "evaluated_on": pl.Utf8,
+    "start": pl.Utf8,
 }
 
 
@@ -786,6 +818,7 @@ def _sim_finalize(spec: OffloadSpec, phase: str, acc: dict[str, np.ndarray]) -> 
         reqs = values["requests"]
         rows["hit_rate"][-1] = values["hits"] / reqs if reqs else None
         rows["evaluated_on"][-1] = evaluated
+        rows["start"][-1] = "warm" if spec.warm else "cold"
 
     for si, ph in streams:
         tokens = int(acc["tokens"][si])
@@ -847,6 +880,7 @@ def offload_reduction(
     phase: str = "split",
     train_split: float = pf.DEFAULT_TRAIN_SPLIT,
     fitted: pf.TransitionFit | None = None,
+    start: str = "cold",
 ) -> Reduction[dict[str, np.ndarray], pl.DataFrame]:
     """The what-if as a `Reduction` over whole sequences with all their layers (validated here).
 
@@ -897,6 +931,7 @@ def offload_reduction(
         num_experts=info.num_experts,
         top_k=info.top_k,
         max_width=max(ws, default=0),
+        warm=check_start(start) == "warm",
     )
     return Reduction(
         kernel=partial(_sim_kernel, spec),
@@ -917,6 +952,7 @@ def offload_whatif(
     capacities: Iterable[int] | None = None,
     phase: str = "split",
     train_split: float = pf.DEFAULT_TRAIN_SPLIT,
+    start: str = "cold",
     labels: Sequence[str] | None = None,
     *,
     max_rows: int = DEFAULT_CHUNK_ROWS,
@@ -932,6 +968,9 @@ def offload_whatif(
     `speculative-d` and `transition-d` prefetch d layers ahead, the others `lead` layers ahead.
     `widths`: prefetch widths m (default k). With a fitted predictor (transition), every
     configuration is simulated on the held-out sequences only (`train_split`, by id hash).
+    `start`: 'cold' (each stream's caches empty) or 'warm' (each layer's cache preloaded with
+    the first C distinct experts the stream requests: a server whose cache already holds the
+    experts in use, without the per-sequence cold misses of short sequences).
     """
     src0 = as_source(data)
     if labels:
@@ -956,7 +995,7 @@ def offload_whatif(
         executor=executor,
     )
     red = offload_reduction(
-        info, cost, specs, policies, widths, lead, capacities, phase, train_split, fitted
+        info, cost, specs, policies, widths, lead, capacities, phase, train_split, fitted, start
     )
     return run_reduction(
         src,

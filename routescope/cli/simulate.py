@@ -142,6 +142,11 @@ def offload_cmd(
     train_split: float = typer.Option(
         pf.DEFAULT_TRAIN_SPLIT, "--train-split", help="Train fraction for fitted predictors."
     ),
+    start: str = typer.Option(
+        "cold",
+        help="cold (each sequence's caches start empty) or warm (preloaded with the first C "
+        "experts the sequence uses, as in a server whose cache holds the experts in use).",
+    ),
     label: list[str] = typer.Option(None, "--label", help="Only sequences with this label."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     plot: Path | None = typer.Option(None, help="Write a plotly figure (.html, or .png)."),
@@ -166,6 +171,7 @@ def offload_cmd(
             f"unknown phase {phase!r}; use one of {', '.join(ol.PHASE_CHOICES)}"
         )
     pf.check_train_split(train_split)
+    ol.check_start(start)
     ws = parse_int_list(widths, "widths") if widths else None
     caps = parse_int_list(capacities, "capacities") if capacities else None
     labels = sorted(label) if label else None
@@ -197,6 +203,7 @@ def offload_cmd(
             "capacities": caps,
             "phase": phase,
             "train_split": train_split,
+            "start": start,
             "labels": labels,
         }
         df = store.memo_analysis(
@@ -254,7 +261,10 @@ def print_offload(run_id: str, df: Any, cost: ol.OffloadCost) -> None:
     for (phase,), grp in sim.group_by(["phase"], maintain_order=True):
         where = grp["evaluated_on"][0]
         for (policy,), pol in grp.group_by(["policy"], maintain_order=True):
-            t = Table(title=f"Tokens/s — run {run_id}, {phase}, {policy} ({where} sequences)")
+            t = Table(
+                title=f"Tokens/s — run {run_id}, {phase}, {policy} ({where} sequences, "
+                f"{pol['start'][0]} start)"
+            )
             t.add_column("C", justify="right")
             t.add_column("GPU GB", justify="right")
             cols = pol.select("predictor", "width").unique(maintain_order=True).rows()

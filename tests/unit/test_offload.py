@@ -209,17 +209,22 @@ def test_infinite_bandwidth_is_compute_bound(data, s, policy):
 
 
 @settings_
-@given(s=streams(), policy=st.sampled_from(POLICIES), load=st.sampled_from([0.0, 0.5, 2.0]))
-def test_no_prefetch_is_the_cache_only_result(s, policy, load):
+@given(
+    s=streams(),
+    policy=st.sampled_from(POLICIES),
+    load=st.sampled_from([0.0, 0.5, 2.0]),
+    start=st.sampled_from(["cold", "warm"]),
+)
+def test_no_prefetch_is_the_cache_only_result(s, policy, load, start):
     X, off, E, k, L = s
     tr = Trace(
         experts=X.astype(np.int16), weights=None, seq_offsets=off, num_experts=E, top_k=k,
         layers=tuple(range(L)),
     )  # fmt: skip
     for C in range(1, E + 1):
-        got = ol.simulate_stream(X, off, E, policy, C, cost(load))
+        got = ol.simulate_stream(X, off, E, policy, C, cost(load), start=start)
         ref = cache_hit_rates(
-            tr, policies=[policy], capacities=[C], service="stream", start="cold", phase="all"
+            tr, policies=[policy], capacities=[C], service="stream", start=start, phase="all"
         ).filter(pl.col("layer").is_null())
         assert got["hits"] == ref["hits"][0], (policy, C)
         misses = got["requests"] - got["hits"]
@@ -242,11 +247,21 @@ def test_oracle_with_enough_lead_and_bandwidth_never_stalls(data, s, policy):
     # the only stall: each stream's very first layer, which nothing precedes
     first = sum(int((X[off[i], 0] >= 0).sum()) for i in range(len(off) - 1) if off[i + 1] > off[i])
     assert got["stall_ps"] == first * c.load_ps
+    # warm: the first token's experts are preloaded, so nothing stalls at all
+    warm = ol.simulate_stream(
+        X, off, E, policy, C, c, predictions=X, width=k, lead=lead, start="warm"
+    )
+    assert warm["stall_ps"] == 0 and warm["time_ps"] == len(X) * L * c.layer_ps(L)[0]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), s=streams(max_e=6, max_k=3, max_t=14), same=st.booleans())
-def test_lru_is_never_slower_with_more_memory(data, s, same):
+@given(
+    data=st.data(),
+    s=streams(max_e=6, max_k=3, max_t=14),
+    same=st.booleans(),
+    start=st.sampled_from(["cold", "warm"]),
+)
+def test_lru_is_never_slower_with_more_memory(data, s, same, start):
     X, off, E, k, L = s
     m = data.draw(st.integers(0, E))
     lead = data.draw(st.integers(1, L))
@@ -256,7 +271,17 @@ def test_lru_is_never_slower_with_more_memory(data, s, same):
     c = cost(load, layer_ms)
     times = [
         ol.simulate_stream(
-            X, off, E, "lru", C, c, predictions=P, width=m, lead=lead, same_token=same
+            X,
+            off,
+            E,
+            "lru",
+            C,
+            c,
+            predictions=P,
+            width=m,
+            lead=lead,
+            same_token=same,
+            start=start,
         )["time_ps"]
         for C in range(max(1, m), E + 1)
     ]
