@@ -43,14 +43,15 @@ class Trace:
     num_experts: int
     top_k: int
     layers: tuple[int, ...]
-    phase: np.ndarray | None = None
-    token_ids: np.ndarray | None = None
-    positions: np.ndarray | None = None
-    in_target: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    seq_ids: np.ndarray | None = None
-    prompt_sets: np.ndarray | None = None
-    prompt_ids: np.ndarray | None = None
+    # optional when building a Trace; always arrays afterwards (__post_init__ fills defaults)
+    phase: np.ndarray = None  # type: ignore[assignment]
+    token_ids: np.ndarray = None  # type: ignore[assignment]
+    positions: np.ndarray = None  # type: ignore[assignment]
+    in_target: np.ndarray = None  # type: ignore[assignment]
+    labels: np.ndarray = None  # type: ignore[assignment]
+    seq_ids: np.ndarray = None  # type: ignore[assignment]
+    prompt_sets: np.ndarray = None  # type: ignore[assignment]
+    prompt_ids: np.ndarray = None  # type: ignore[assignment]
     speculative: np.ndarray | None = None
     run_id: str | None = None
     model_id: str | None = None
@@ -267,6 +268,6 @@ class Trace:
             num_experts=int(num_experts),
             top_k=int(k),
             layers=tuple(layers) if layers is not None else tuple(range(n_layers)),
-            labels=lab,
+            labels=lab,  # type: ignore[arg-type]  # None: filled in
             **kwargs,
         )

@@ -139,7 +139,7 @@ class ParquetPartsStore:
         if not files:
             return set()
         src = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
-        rows = duckdb.sql(f"SELECT seq_id FROM read_parquet({src})").fetchall()
+        rows = duckdb.execute(f"SELECT seq_id FROM read_parquet({src})").fetchall()
         return {int(r[0]) for r in rows}
 
     def write_batch(

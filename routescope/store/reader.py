@@ -180,7 +180,8 @@ class StoreReader:
     ) -> dict[int, str]:
         """Token id → its text as recorded in the run (only `token_ids` when given)."""
         run_id = self.resolve_run(run)
-        where, params = "run_id = $run", {"run": run_id}
+        where = "run_id = $run"
+        params: dict[str, Any] = {"run": run_id}
         if token_ids is not None:
             where += " AND list_contains($ids, token_id)"
             params["ids"] = [int(x) for x in np.unique(np.asarray(token_ids))]

@@ -41,6 +41,98 @@ def list_column_to_numpy(col: pa.ChunkedArray | pa.Array, dtype: type, width: in
     return np.concatenate(parts).astype(dtype, copy=False)
 
 
+def _fixed_values(col: pa.ChunkedArray, width: int, dtype: type) -> list[np.ndarray] | None:
+    """Each Arrow chunk of a fixed-size list column as a [rows, width] numpy view of its values
+    (reinterpreted as `dtype` of the same item size: uint16 experts as int16); None when a list
+    or a value is NULL."""
+    if col.null_count:
+        return None
+    parts = []
+    for chunk in col.chunks:
+        if len(chunk) == 0:
+            continue
+        values = chunk.flatten()
+        if values.null_count:
+            return None
+        parts.append(values.to_numpy(zero_copy_only=True).view(dtype).reshape(-1, width))
+    return parts
+
+
+#: How route rows map to (token row, layer column) cells: ("layer", cols) = rows are one block
+#: per layer, each holding every token in order (a clustered run; block b is column cols[b]);
+#: ("token", cols) = rows are the tokens in order, each with its layers in the order cols (as
+#: written); ("rows", dest) = the flat cell token * n_lay + column of each row.
+Placement = tuple[str, np.ndarray]
+
+
+def _placement(
+    routes: pa.Table, t_key: np.ndarray, lay_col: np.ndarray, n_lay: int
+) -> Placement | None:
+    """Where each route row goes, checking the rows fill every (token, layer) cell once (None
+    otherwise). The two physical orders a store holds are recognized in a few vectorized passes;
+    any other order is placed by a search over the token keys."""
+    n_tok = len(t_key)
+    r_key = routes.column("seq_id").to_numpy().astype(np.int64) << 32 | routes.column(
+        "pos"
+    ).to_numpy().astype(np.int64)
+    r_col = lay_col[routes.column("layer").to_numpy().astype(np.int64)]
+    n = len(r_key)
+    if n != n_tok * n_lay:
+        return None
+    if n == 0:
+        return "rows", np.zeros(0, dtype=np.int64)
+    every = np.arange(n_lay)
+    blocks = r_col.reshape(n_lay, n_tok)
+    cols = blocks[:, 0]
+    if (
+        np.array_equal(np.sort(cols), every)
+        and (blocks == cols[:, None]).all()
+        and (r_key.reshape(n_lay, n_tok) == t_key[None, :]).all()
+    ):
+        return "layer", cols
+    rows = r_col.reshape(n_tok, n_lay)
+    cols = rows[0]
+    if (
+        np.array_equal(np.sort(cols), every)
+        and (rows == cols[None, :]).all()
+        and (r_key.reshape(n_tok, n_lay) == t_key[:, None]).all()
+    ):
+        return "token", cols
+    tok = np.searchsorted(t_key, r_key)
+    if (r_col < 0).any() or (tok >= n_tok).any() or not np.array_equal(t_key[tok], r_key):
+        return None
+    dest = tok * n_lay + r_col
+    if not np.array_equal(np.bincount(dest, minlength=n), np.ones(n, np.int64)):
+        return None
+    return "rows", dest
+
+
+def _fill(
+    parts: list[np.ndarray] | None, place: Placement, n_tok: int, n_lay: int, k: int
+) -> np.ndarray | None:
+    """[n_tok, n_lay, k] from the route rows' values (per Arrow chunk, in row order)."""
+    if parts is None:
+        return None
+    dtype = parts[0].dtype if parts else np.int16
+    out = np.empty((n_tok, n_lay, k), dtype=dtype)
+    kind, plan = place
+    if kind == "layer":  # copy each chunk's slice of each layer block, no gather
+        row = 0
+        for part in parts:
+            a, b = row, row + len(part)
+            for blk in range(a // n_tok, (b - 1) // n_tok + 1):
+                lo, hi = max(a, blk * n_tok), min(b, (blk + 1) * n_tok)
+                out[lo - blk * n_tok : hi - blk * n_tok, plan[blk]] = part[lo - a : hi - a]
+            row = b
+        return out
+    values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if kind == "token":
+        out[:, plan] = values.reshape(n_tok, n_lay, k)
+    else:
+        out.reshape(-1, k)[plan] = values
+    return out
+
+
 def _objects(col: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(col.to_pylist(), dtype=object)
 
@@ -59,7 +151,9 @@ class StoreSource:
         path: str | None = None,
     ) -> None:
         # a store passes a getter: its connection may be reopened (saving a result read-only)
-        self._get_con = con if callable(con) else (lambda: con)
+        self._get_con: Callable[[], duckdb.DuckDBPyConnection] = (
+            con if callable(con) else (lambda: con)  # type: ignore[assignment,return-value]
+        )
         self.path = path  # where to reopen it (another process, a Ray worker); None: in memory
         self._seq_filter = None if seq_ids is None else [int(x) for x in seq_ids]
         self.run_id = run_id
@@ -202,11 +296,12 @@ class StoreSource:
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
         with_speculative: bool = False,
+        with_weights: bool = True,
     ) -> Iterator[Trace]:
         sel = self._info.check_layers(layers)
         start, stop = seq_range if seq_range is not None else (0, len(self._seq_ids))
         for lo, hi in plan_chunks(self._lengths[start:stop], len(sel), max_rows, align):
-            yield self.read(start + lo, start + hi, sel, with_speculative)
+            yield self.read(start + lo, start + hi, sel, with_speculative, with_weights)
 
     def read(
         self,
@@ -214,8 +309,10 @@ class StoreSource:
         stop: int,
         layers: Sequence[int] | None = None,
         with_speculative: bool = False,
+        with_weights: bool = True,
     ) -> Trace:
-        """Sequences start..stop-1 (source order) with `layers` (all by default) as a Trace."""
+        """Sequences start..stop-1 (source order) with `layers` (all by default) as a Trace;
+        `with_weights=False` leaves the gate weights unread (the Trace has none)."""
         sel = self._info.check_layers(layers)
         ids = self._seq_ids[start:stop]
         n_lay = len(sel)
@@ -224,37 +321,46 @@ class StoreSource:
         n_tok = int(lengths.sum())
         if len(ids) == 0:
             return self._trace(start, stop, sel, np.zeros((0, n_lay, k), np.int16), None, {})
-        chunk = pa.table({"seq_id": pa.array(ids)})
-        self.con.register("_rs_chunk_seqs", chunk)
+        params: dict[str, Any] = {"run": self.run_id, "lo": int(ids[0]), "hi": int(ids[-1])}
+        # ids are sorted: a contiguous range needs no list of them (a label selection does)
+        contiguous = int(ids[-1]) - int(ids[0]) + 1 == len(ids)
+        in_chunk = "seq_id BETWEEN $lo AND $hi"
+        if not contiguous:
+            in_chunk += " AND seq_id IN (SELECT seq_id FROM _rs_chunk_seqs)"
+            self.con.register("_rs_chunk_seqs", pa.table({"seq_id": pa.array(ids)}))
+        by_layer = ""
+        if set(sel) != set(self._info.layers):
+            by_layer = " AND list_contains($layers, layer)"
+            params["layers"] = list(sel)
+        read_weights = with_weights and self._info.has_weights
+        # fixed-size lists: DuckDB checks every list's length, numpy gets the values as they are
+        cols = f"seq_id, pos, layer, CAST(experts AS USMALLINT[{k}]) AS experts"
+        if read_weights:
+            cols += f", CAST(weights AS FLOAT[{k}]) AS weights"
         try:
-            params: dict[str, Any] = {
-                "run": self.run_id,
-                "lo": int(ids[0]),
-                "hi": int(ids[-1]),
-                "layers": list(sel),
-            }
-            in_chunk = (
-                "seq_id BETWEEN $lo AND $hi AND seq_id IN (SELECT seq_id FROM _rs_chunk_seqs)"
-            )
             toks = self.con.sql(
                 f"SELECT seq_id, pos, token_id, phase, in_target FROM tokens "
                 f"WHERE run_id = $run AND {in_chunk}",
                 params={k_: params[k_] for k_ in ("run", "lo", "hi")},
             ).to_arrow_table()
             routes = self.con.sql(
-                f"SELECT seq_id, pos, layer, experts, weights FROM routes "
-                f"WHERE run_id = $run AND {in_chunk} AND list_contains($layers, layer)",
+                f"SELECT {cols} FROM routes WHERE run_id = $run AND {in_chunk}{by_layer}",
                 params=params,
             ).to_arrow_table()
             spec_rows = None
             if with_speculative and self._info.speculative_distances:
                 spec_rows = self.con.sql(
                     f"SELECT seq_id, pos, layer, distance, experts FROM speculative_routes "
-                    f"WHERE run_id = $run AND {in_chunk} AND list_contains($layers, layer)",
+                    f"WHERE run_id = $run AND {in_chunk}{by_layer}",
                     params=params,
                 ).to_arrow_table()
+        except duckdb.ConversionException:
+            raise StoreError(
+                f"a stored list has a length other than {k}; the run is inconsistent"
+            ) from None
         finally:
-            self.con.unregister("_rs_chunk_seqs")
+            if not contiguous:
+                self.con.unregister("_rs_chunk_seqs")
         # tokens in (sequence, position) order
         t_seq = toks.column("seq_id").to_numpy().astype(np.int64)
         t_pos = toks.column("pos").to_numpy().astype(np.int64)
@@ -264,35 +370,23 @@ class StoreSource:
             order
         ]
         n_all = len(order)
-        # each route row's destination: token row × layer column
-        r_key = routes.column("seq_id").to_numpy().astype(np.int64) << 32 | routes.column(
-            "pos"
-        ).to_numpy().astype(np.int64)
         lay_col = np.full(int(max(self._info.layers, default=0)) + 1, -1, dtype=np.int64)
         lay_col[list(sel)] = np.arange(n_lay)
-        dest = (
-            np.searchsorted(t_key, r_key) * n_lay
-            + lay_col[routes.column("layer").to_numpy().astype(np.int64)]
-        )
-        if routes.num_rows != n_all * n_lay or (
-            n_all
-            and not np.array_equal(
-                np.bincount(dest, minlength=n_all * n_lay), np.ones(n_all * n_lay, np.int64)
-            )
-        ):
+        place = _placement(routes, t_key, lay_col, n_lay)
+        if place is None:
             raise StoreError(
                 f"run {self.run_id} is inconsistent: {routes.num_rows} route rows for {n_all} "
                 f"tokens x {n_lay} layers; re-collect it into a new database"
             )
-        experts = np.empty((n_all * n_lay, k), dtype=np.int16)
-        experts[dest] = list_column_to_numpy(routes.column("experts"), np.int16, k).reshape(-1, k)
-        experts = experts.reshape(n_all, n_lay, k)
+        experts = _fill(
+            _fixed_values(routes.column("experts"), k, np.int16), place, n_all, n_lay, k
+        )
+        if experts is None:
+            raise StoreError(f"run {self.run_id} is inconsistent: a stored expert list is NULL")
         weights = None
-        wcol = routes.column("weights")
-        if self._info.has_weights and wcol.null_count == 0:
-            weights = np.empty((n_all * n_lay, k), dtype=np.float32)
-            weights[dest] = list_column_to_numpy(wcol, np.float32, k).reshape(-1, k)
-            weights = weights.reshape(n_all, n_lay, k)
+        if read_weights:
+            parts = _fixed_values(routes.column("weights"), k, np.float32)
+            weights = None if parts is None else _fill(parts, place, n_all, n_lay, k)
         speculative = None
         if spec_rows is not None:
             speculative = self._speculative(spec_rows, t_key, lay_col, n_all, n_lay)
@@ -306,10 +400,11 @@ class StoreSource:
         }
         if self.phase != "all":  # keep only this source's phase
             keep = phase == PHASES.index(self.phase)
-            experts = experts[keep]
-            weights = None if weights is None else weights[keep]
-            speculative = None if speculative is None else speculative[keep]
-            extra = {name: arr[keep] for name, arr in extra.items()}
+            if not keep.all():
+                experts = experts[keep]
+                weights = None if weights is None else weights[keep]
+                speculative = None if speculative is None else speculative[keep]
+                extra = {name: arr[keep] for name, arr in extra.items()}
         if len(experts) != n_tok:
             raise StoreError(
                 f"run {self.run_id} changed while it was read ({len(experts)} token rows, "

@@ -38,7 +38,7 @@ RUN_TABLES = ("sequences", "tokens", "routes", "router_probs", "speculative_rout
 
 def fixed_lists(arr: np.ndarray, dtype: type, width: int) -> pa.ListArray:
     """[N, L, w] numpy → Arrow list array of N*L lists of length w, without Python loops."""
-    flat = np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+    flat: np.ndarray = np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
     rows = flat.size // width if width else 0
     offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(flat))
@@ -74,7 +74,7 @@ def batch_tables(
         )
     k = batch.experts.shape[2]
     seq_ids = np.asarray([int(m["seq_id"]) for m in seqs_meta], dtype=np.int64)
-    lengths = np.diff(np.asarray(batch.seq_offsets, dtype=np.int64))
+    lengths: np.ndarray = np.diff(np.asarray(batch.seq_offsets, dtype=np.int64))
     row_seq = np.repeat(seq_ids, lengths)
     positions = np.asarray(batch.positions, dtype=np.int32)
     token_ids = np.asarray(batch.token_ids, dtype=np.int64)
@@ -275,7 +275,7 @@ class StoreWriter:
                 bool(has_weights),
             ],
         )
-        self._moe_layers[run_id] = new["moe_layers"]
+        self._moe_layers[run_id] = [int(x) for x in moe_layers]
         return False
 
     def set_status(self, run_id: str, status: str) -> None:
