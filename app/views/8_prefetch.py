@@ -136,7 +136,7 @@ if info.speculative_distances:
     sim_defaults.insert(1, "speculative-1")
 extra = [f"speculative-{d}" for d in range(2, info.speculative_distances + 1)]
 sim_choices = [*sim_defaults, "window-8", "transition-1", *extra]
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns(4)
 with c1:
     policies = st.multiselect(
         "Policies", SIM_POLICIES, default=list(ol.DEFAULT_POLICIES), key="offload_policies"
@@ -147,6 +147,14 @@ with c2:
     )
 with c3:
     lead = int(st.number_input("Lead d (layers ahead)", 1, n_layers, 1, key="offload_lead"))
+with c4:
+    start = st.selectbox(
+        "Start",
+        list(ol.STARTS),
+        key="offload_start",
+        help="cold: each sequence's caches start empty; warm: preloaded with the first C "
+        "experts the sequence uses (a server whose cache already holds the experts in use)",
+    )
 c1, c2, c3, c4 = st.columns(4)
 with c1:
     bandwidth = float(
@@ -191,7 +199,7 @@ with sh.guarded():
         db, version, run_id, ol.offload_whatif, "Simulating offloading", cost=cost,
         policies=list(policies), predictors=or_default(sim_names, sim_defaults) if lead == 1
         else list(sim_names), widths=None, lead=lead, capacities=None, phase="split",
-        train_split=pf.DEFAULT_TRAIN_SPLIT, labels=None,
+        train_split=pf.DEFAULT_TRAIN_SPLIT, start=start, labels=None,
     )  # fmt: skip
 st.caption(f"Costs: {cost.note}; one expert loads in {cost.load_ps / 1e9:.4g} ms.")
 sim_phases = what_if["phase"].unique(maintain_order=True).to_list()
@@ -211,6 +219,7 @@ st.caption(
     "Each token is served layer by layer; a prefetch of the predictor's top m for layer l is "
     "issued when layer l − d starts and overlaps the compute in between; on-demand loads overlap "
     "nothing; one host→GPU link serves loads first come, first served. Prefill and decode are "
-    "separate streams, each sequence's cache starts cold. Limits: all experts resident "
+    "separate streams; each sequence's caches start cold or warm (Start). Limits: all experts "
+    "resident "
     "(compute bound) and no cache."
 )
