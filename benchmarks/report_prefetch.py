@@ -145,35 +145,36 @@ def whatif_table(df: pl.DataFrame, phase: str) -> list[str]:
 
 
 LEADS = (1, 2, 4, 6)
-LEAD_CAPS = (8, 11, 16)
+#: cache sizes of the lead table, as fractions of E (8, 11, 16 of the demo's 32)
+LEAD_FRACTIONS = (0.25, 0.34, 0.5)
 
 
 def lead_table(src: Any, cost: ol.OffloadCost) -> list[str]:
     """tokens/s of LRU with previous-token and oracle prefetch issued 1..6 layers ahead."""
+    info = src.info
+    caps = sorted({max(info.top_k, round(info.num_experts * f)) for f in LEAD_FRACTIONS})
     by: dict[tuple[str, int, int], float] = {}
-    for lead in LEADS:
+    for lead in [x for x in LEADS if x <= len(info.layers)]:
         df = ol.offload_whatif(
             src,
             cost,
             policies=["lru"],
             predictors=["previous-token", "oracle"],
             lead=lead,
-            capacities=LEAD_CAPS,
+            capacities=caps,
             phase="all",
             start=START,
         )
         for r in df.filter(pl.col("kind") == "simulated").to_dicts():
             by[(r["predictor"], lead, r["capacity"])] = r["tokens_per_s"]
-    head = ["predictor", "lead d"] + [f"C={c}" for c in LEAD_CAPS]
+    head = ["predictor", "lead d"] + [f"C={c}" for c in caps]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     lines.append(
-        "| none (LRU only) | – | "
-        + " | ".join(fmt(by.get(("none", 1, c)), 0) for c in LEAD_CAPS)
-        + " |"
+        "| none (LRU only) | – | " + " | ".join(fmt(by.get(("none", 1, c)), 0) for c in caps) + " |"
     )
     for pred in ("previous-token", "oracle"):
         for lead in LEADS:
-            cells = " | ".join(fmt(by.get((pred, lead, c)), 0) for c in LEAD_CAPS)
+            cells = " | ".join(fmt(by.get((pred, lead, c)), 0) for c in caps)
             lines.append(f"| {pred} | {lead} | {cells} |")
     return lines
 
@@ -209,12 +210,11 @@ def main() -> None:
         for kind, run_id in runs.items():
             src = store.source(run_id)
             infos[kind] = src.info
-            names = ["previous-token", "window-8", "transition", "oracle"]
-            if src.info.speculative_distances:
-                names.insert(0, "speculative")
-            recall[kind] = pf.prefetch_recall(
-                src, predictors=names, distances=(1, 2), train_split=0.5
-            )
+            spec = [
+                f"speculative-{d}" for d in range(1, min(2, src.info.speculative_distances) + 1)
+            ]
+            names = [*spec, "previous-token", "window-8", "transition-1", "transition-2", "oracle"]
+            recall[kind] = pf.prefetch_recall(src, predictors=names, train_split=0.5)
         cost_run = runs.get("domains") or next(iter(runs.values()))
         info = store.run_info(cost_run)
         cost = ol.model_cost(
@@ -242,6 +242,7 @@ def main() -> None:
                 start=START,
             )
     k = next(iter(infos.values())).top_k
+    E = next(iter(infos.values())).num_experts
     spec_note = (
         None
         if spec_runs
@@ -266,12 +267,12 @@ def main() -> None:
         "",
         "## How predictable is routing ahead of time?",
         "",
-        f"The demo model routes each token to k = {k} of E = {infos[next(iter(infos))].num_experts} "
-        "experts at each of its 6 MoE layers. For every token and MoE layer each predictor names a "
+        f"The demo model routes each token to k = {k} of E = {E} experts at each of its "
+        f"{len(next(iter(infos.values())).layers)} MoE layers. For every token and MoE layer each predictor names a "
         "ranked list of experts before the layer runs; recall@m = |P_m ∩ S| / k, precision@m = "
         "|P_m ∩ S| / m, averaged over the tokens that have a prediction (coverage: the first token "
         "of a sequence has no previous token; transition-d has nothing for the first d layers). "
-        f"m = k = {k} and 2k = {2 * k}; chance recall is m/E = {k / 32:.3f} and {2 * k / 32:.3f}. "
+        f"m = k = {k} and 2k = {2 * k}; chance recall is m/E = {k / E:.3f} and {2 * k / E:.3f}. "
         "`transition-d` is fitted on a train half of the sequences (by sequence-id hash) and, "
         "so that rows compare on the same tokens, every predictor is evaluated on the held-out "
         "half.",
@@ -358,12 +359,12 @@ def main() -> None:
             "exists (rerun this script then: `speculative-1` columns appear).",
             "",
         ]
-    out += summary(recall, whatif, cost, k)
+    out += summary(recall, whatif, cost, k, E)
     Path(args.out).write_text("\n".join(out) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
 
-def summary(recall: dict, whatif: dict, cost: ol.OffloadCost, k: int) -> list[str]:
+def summary(recall: dict, whatif: dict, cost: ol.OffloadCost, k: int, E: int) -> list[str]:
     """A few sentences read off the tables (numbers, not adjectives)."""
     lines = ["## Reading", ""]
     dom = recall.get("domains")
@@ -375,7 +376,7 @@ def summary(recall: dict, whatif: dict, cost: ol.OffloadCost, k: int) -> list[st
         lines.append(
             f"- Without hidden states, the best predictor on the domain run is `{best[1]}`: "
             f"recall@{k} {best[0]:.3f} on the {cov[best[1]]:.0%} of token-layers it covers, "
-            f"against a chance level of {k / 32:.3f} (previous-token "
+            f"against a chance level of {k / E:.3f} (previous-token "
             f"{by.get('previous-token', float('nan')):.3f}, window-8 "
             f"{by.get('window-8', float('nan')):.3f})."
         )
@@ -395,7 +396,7 @@ def summary(recall: dict, whatif: dict, cost: ol.OffloadCost, k: int) -> list[st
             return float(row["tokens_per_s"][0])
 
         lines.append(
-            f"- At C = {mid} experts per layer ({mid / 32:.0%} of the experts on the GPU), LRU "
+            f"- At C = {mid} experts per layer ({mid / E:.0%} of the experts on the GPU), LRU "
             f"alone gives {at('lru', 'none'):.0f} tokens/s, with oracle prefetch "
             f"{at('lru', 'oracle'):.0f}, Belady (future-knowing eviction) alone "
             f"{at('belady', 'none'):.0f}; the compute-bound ceiling is "
