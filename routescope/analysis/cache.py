@@ -375,6 +375,7 @@ def cache_reduction(
         finalize=partial(_finalize_counts, spec),
         empty=partial(_empty_counts, spec),
         align=bsz if granularity == "step" else 1,
+        weights=False,
         name="cache hit rates",
     )
 

@@ -159,6 +159,7 @@ def repetition_reduction(info: SourceInfo, phase: str = "all") -> Reduction:
         merge=_sum,
         finalize=partial(_rep_finalize, info, phase),
         empty=partial(_zeros, 1 + 3 * len(info.layers)),
+        weights=False,
         name="repetition",
     )
 
@@ -309,6 +310,7 @@ def srp_reduction(
         merge=_merge_dicts,
         finalize=partial(_srp_finalize, info, spec, pooled),
         empty=partial(_window_empty, spec),
+        weights=False,
         name="SRP",
     )
 
@@ -481,6 +483,7 @@ def sch_reduction(
         merge=_sch_merge,
         finalize=partial(_sch_finalize, info, spec, caps),
         empty=partial(_sch_empty, spec),
+        weights=False,
         name="SCH",
     )
 
@@ -515,7 +518,6 @@ def sch(
         src.info, segment_lengths, capacities, kind, service, start, phase, shuffled_seed
     )
     return run_reduction(src, red, max_rows=max_rows, progress=progress, executor=executor)
-
 
 
 sch.__memo_version__ = 2  # type: ignore[attr-defined]  # shuffled baseline seeded per sequence

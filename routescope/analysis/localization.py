@@ -382,6 +382,7 @@ def prompt_counts_reduction(
         ),
         empty=partial(_prompt_empty, len(rules)),
         layers=sel,
+        weights=use_w,
         name="localization counts",
     )
 

@@ -155,6 +155,7 @@ def domain_counts_reduction(
         finalize=partial(_domain_finalize, by=by, names=names, layers=sel, e=e, k=info.top_k),
         empty=partial(_domain_empty, len(names), len(sel), e),
         layers=sel,
+        weights=False,
         name="domain counts",
     )
 
@@ -499,6 +500,7 @@ def vocabulary_reduction(
         empty=dict,
         layers=sel,
         per_layer=True,
+        weights=False,
         name="vocabulary specialization",
     )
 
@@ -623,6 +625,7 @@ def coactivation_reduction(
         finalize=partial(_coact_finalize, layer=int(layer), layer_b=layer_b),
         empty=partial(_coact_empty, e),
         layers=(int(layer),) if layer_b is None else (int(layer), int(layer_b)),
+        weights=False,
         name="co-activation",
     )
 
@@ -690,8 +693,14 @@ class PairedSource:
         max_rows: int = DEFAULT_CHUNK_ROWS,
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
+        with_weights: bool = True,
     ) -> Iterator[Trace]:
-        kw = {"layers": layers, "max_rows": max(1, max_rows // 2), "align": align}
+        kw = {
+            "layers": layers,
+            "max_rows": max(1, max_rows // 2),
+            "align": align,
+            "with_weights": with_weights,
+        }
         both = zip(
             self.a.chunks(**kw, seq_range=seq_range),
             self.b.chunks(**kw, seq_range=seq_range),
@@ -751,6 +760,7 @@ def saturation_reduction(info: SourceInfo) -> Reduction[dict[str, np.ndarray], p
             _saturation_finalize, layers=info.layers, k=info.top_k, e=info.num_experts
         ),
         empty=partial(_saturation_empty, n_layers),
+        weights=False,
         name="router saturation",
     )
 

@@ -50,7 +50,8 @@ class Reduction(Generic[P, R]):
     result; empty() → the partial of no data. `layers`: the MoE layers the kernel reads (None:
     all); `per_layer`: read one layer at a time (when a partial for all layers at once would be
     too large, e.g. vocabulary counts); `align`: chunk boundaries at multiples of this many
-    sequences (batch-step cache simulation needs whole batches).
+    sequences (batch-step cache simulation needs whole batches); `weights`: the kernel reads
+    the chunks' gate weights (False: they are not read, which makes reading a store cheaper).
     """
 
     kernel: Callable[[Trace], P]
@@ -60,6 +61,7 @@ class Reduction(Generic[P, R]):
     layers: tuple[int, ...] | None = None
     per_layer: bool = False
     align: int = 1
+    weights: bool = True
     name: str = "analysis"
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +119,7 @@ def map_unit(
         max_rows=max_rows,
         align=reduction.align,
         seq_range=(unit.start, unit.stop),
+        with_weights=reduction.weights,
     ):
         part = reduction.kernel(chunk)
         acc = part if acc is None else reduction.merge(acc, part)

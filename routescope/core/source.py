@@ -14,7 +14,7 @@ route rows (token rows × layers) each unless a single aligned group of sequence
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -83,11 +83,14 @@ class TraceSource(Protocol):
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
         with_speculative: bool = False,
+        with_weights: bool = True,
     ) -> Iterator[Trace]:
         """Chunks of whole sequences in order; `layers` narrows the layers (in the given order),
         `align` puts chunk boundaries at multiples of that many sequences, `seq_range`
-        (start, stop) reads only those sequences (indices in the source's order), and
-        `with_speculative` also reads the recorded speculative rankings (prefetch analyses)."""
+        (start, stop) reads only those sequences (indices in the source's order),
+        `with_speculative` also reads the recorded speculative rankings (prefetch analyses), and
+        `with_weights=False` leaves the gate weights out (chunks without weights are cheaper to
+        read, and most analyses count experts only)."""
         ...
 
     def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> TraceSource:
@@ -168,12 +171,15 @@ class InMemorySource:
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
         with_speculative: bool = False,
+        with_weights: bool = True,
     ) -> Iterator[Trace]:
         sel = self._info.check_layers(layers)
         start, stop = seq_range if seq_range is not None else (0, self.trace.num_sequences)
         lengths = self.seq_lengths()[start:stop]
         for lo, hi in plan_chunks(lengths, len(sel), max_rows, align):
             chunk = self.trace.slice_sequences(start + lo, start + hi)
+            if not with_weights and chunk.weights is not None:  # as a store would hand it out
+                chunk = replace(chunk, weights=None)
             yield chunk if sel == tuple(self.trace.layers) else chunk.select_layers(sel)
 
     def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> InMemorySource:
