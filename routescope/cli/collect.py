@@ -36,6 +36,21 @@ def collect(
     save_probs: bool | None = typer.Option(
         None, "--save-probs/--no-save-probs", help="Also store full router distributions."
     ),
+    speculative: int | None = typer.Option(
+        None,
+        "--speculative",
+        min=1,
+        metavar="D",
+        help="Also record speculative-gate rankings for d = 1..D: layer l's router applied to "
+        "the router input of layer l - d (for `analyze prefetch`, `simulate offload`).",
+    ),
+    speculative_width: int | None = typer.Option(
+        None,
+        "--speculative-width",
+        min=1,
+        metavar="M",
+        help="With --speculative: experts per ranking (default 2k).",
+    ),
     name: str | None = typer.Option(None, help="Run name (also its id); resumes when reused."),
     steer: str | None = typer.Option(
         None,
@@ -74,6 +89,8 @@ def collect(
         "max_length": max_length,
         "max_new_tokens": max_new_tokens,
         "save_probs": save_probs,
+        "speculative": speculative,
+        "speculative_width": speculative_width,
         "name": name,
         "dtype": dtype,
         "device": device,

@@ -16,6 +16,16 @@ a keyword it silently ignored, is an error rather than wrong routing.
 ``steering`` (optional) is a ``RouterEdit``: called inside the trace for every MoE layer with the
 router's output; if it returns new ``(weights, indices)`` the model uses them, and the recorded
 routing is the edited one.
+
+``speculative = D`` (optional) also records speculative-gate rankings (DESIGN §9): for every MoE
+layer l and d = 1..D, layer l's router applied to the router input of decoder layer l - d for the
+same token (for a dense layer l - d, the input of its MLP: the same post-attention-norm hidden
+state), ranked by the adapter's ``rank_experts`` (the family's own selection rule, top-m, m = 2k
+by default); -1 where l - d < 0. The trace reads each such input with ``.input`` as the forward
+reaches it and, right there, calls the later routers on it ad hoc (nnsight stands the trace down
+for the call, so the routers' real visits are untouched); only the int rankings are kept, and
+they leave the device with the rest of the batch. Under steering the ranking is the router's own,
+unsteered ranking of that input (the input itself comes from the steered forward).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from routescope.core.records import BatchRouting
 from routescope.models.compat import cache_kwarg, output_cache
 from routescope.models.loading import LoadedModel
 
-__all__ = ["GENERATION_OPTIONS", "RouterEdit", "collect_batch"]
+__all__ = ["GENERATION_OPTIONS", "RouterEdit", "check_speculative", "collect_batch"]
 
 GENERATION_OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "eos_token_id", "seed")
 
@@ -115,6 +125,78 @@ def _next_tokens(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def check_speculative(lm: LoadedModel, distances: int, width: int | None) -> int:
+    """Check speculative recording's distance D and width m against ``lm``; returns m (``width``
+    if given, else min(2k, E)). One clear `InvalidParameterError` when either is out of range."""
+    n_layers = lm.num_layers
+    if isinstance(distances, bool) or not isinstance(distances, int) or distances < 1:
+        raise InvalidParameterError(f"speculative distance D must be >= 1, got {distances!r}")
+    if distances >= n_layers:
+        raise InvalidParameterError(
+            f"speculative distance D={distances} is too large for this {n_layers}-layer model "
+            f"(d counts decoder layers: at most {n_layers - 1})"
+        )
+    if width is None:
+        return min(2 * lm.top_k, lm.num_experts)
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= lm.num_experts:
+        raise InvalidParameterError(
+            f"speculative width m must be 1..{lm.num_experts} (the model's routed experts per "
+            f"layer), got {width!r}"
+        )
+    return width
+
+
+class _Speculative:
+    """Speculative-gate recording for one collect_batch call (see the module docstring).
+
+    ``sources`` maps a decoder layer j to the envoy whose input is j's router input, for every j
+    some MoE layer l = j + d (1 <= d <= D) reads; ``feed(j, x)`` ranks those later routers on it.
+    """
+
+    def __init__(self, lm: LoadedModel, distances: int, width: int | None) -> None:
+        adapter = lm.adapter
+        self.width = check_speculative(lm, distances, width)
+        self.lm, self.distances = lm, distances
+        layers = lm.moe_layers
+        self.router_envoys = lm.router_envoys
+        self.routers = lm.router_modules()
+        self.devices = [next(r.parameters()).device for r in self.routers]
+        #: decoder layer j -> [(column of MoE layer l = j + d, d)]
+        self.targets: dict[int, list[tuple[int, int]]] = {}
+        for col, layer in enumerate(layers):
+            for d in range(1, distances + 1):
+                if layer - d >= 0:
+                    self.targets.setdefault(layer - d, []).append((col, d))
+        wrapper = lm.nnsight
+        self.sources = {j: wrapper.get(adapter.router_input_path(j)) for j in self.targets}
+        self.parts: list[tuple[int, int, torch.Tensor]] = []
+
+    def feed(self, layer: int, hidden: torch.Tensor) -> None:
+        """Rank every MoE layer l = layer + d by its router applied to ``hidden``, layer's router
+        input (flattened to (tokens, hidden) as the routers see it)."""
+        adapter = self.lm.adapter
+        x = hidden.reshape(-1, hidden.shape[-1])
+        for col, d in self.targets[layer]:
+            logits = adapter.unpack(self.router_envoys[col](x.to(self.devices[col])))[0]
+            ranking = adapter.rank_experts(logits, self.routers[col], self.width)
+            self.parts.append((col, d, ranking))
+
+    def take(self, shape: torch.Size) -> torch.Tensor:
+        """int16 (batch, seq, L, D, m) of the forward just traced on input ids of ``shape``
+        (batch, seq); -1 where l - d < 0. Resets for the next forward."""
+        device = self.lm.model.device
+        out = torch.full(
+            (shape[0] * shape[1], len(self.routers), self.distances, self.width),
+            -1,
+            dtype=torch.int16,
+            device=device,
+        )
+        for col, d, ranking in self.parts:
+            out[:, col, d - 1] = ranking.to(device=device, dtype=torch.int16)
+        self.parts = []
+        return out.reshape(shape[0], shape[1], *out.shape[1:])
+
+
 def _traced_forward(
     lm: LoadedModel,
     input_ids: torch.Tensor,
@@ -124,10 +206,12 @@ def _traced_forward(
     use_cache: bool,
     steering: RouterEdit | None,
     cache_name: str,
+    spec: _Speculative | None = None,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
     """One traced forward; returns each MoE layer's router output and the model output.
 
     ``cache`` (if not None) is passed as keyword ``cache_name`` (see ``compat.cache_kwarg``).
+    ``spec``: speculative recording, fed each router input it needs as the forward reaches it.
     """
     wrapper = lm.nnsight
     adapter = lm.adapter
@@ -143,8 +227,39 @@ def _traced_forward(
     }
     if cache is not None:
         kwargs[cache_name] = cache
+    if spec is not None:
+        return _traced_forward_speculative(lm, kwargs, steering, spec)
     with wrapper.trace(**kwargs):
         for layer, envoy in zip(layers, envoys, strict=True):
+            out = envoy.output
+            routing = adapter.unpack(out)
+            if steering is not None:
+                edited = steering(lm, layer, *routing)
+                if edited is not None:
+                    envoy.output = adapter.pack(out, edited[0], edited[1])
+                    routing = (routing[0], edited[0].to(routing[1].dtype), edited[1])
+            captured.append(routing)
+        model_out = wrapper.output.save()
+    return captured, model_out
+
+
+def _traced_forward_speculative(
+    lm: LoadedModel, kwargs: dict[str, Any], steering: RouterEdit | None, spec: _Speculative
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
+    """``_traced_forward`` that also feeds ``spec`` the router inputs it needs, in layer order
+    (a layer's router input comes before its router output)."""
+    wrapper = lm.nnsight
+    adapter = lm.adapter
+    routers = dict(zip(lm.moe_layers, lm.router_envoys, strict=True))
+    sources = spec.sources
+    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    with wrapper.trace(**kwargs):
+        for layer in range(lm.num_layers):
+            if layer in sources:
+                spec.feed(layer, sources[layer].input)
+            if layer not in routers:
+                continue
+            envoy = routers[layer]
             out = envoy.output
             routing = adapter.unpack(out)
             if steering is not None:
@@ -211,15 +326,26 @@ def collect_batch(
     save_probs: bool = False,
     steering: RouterEdit | None = None,
     generation: dict | None = None,
+    speculative: int = 0,
+    speculative_width: int | None = None,
 ) -> BatchRouting:
     """Record the routing of a batch of token sequences (and of up to ``max_new_tokens`` generated
     tokens per sequence) at every MoE layer of ``lm``.
 
     ``generation``: ``do_sample`` (default greedy), ``temperature``, ``top_k``, ``top_p``, ``seed``,
     ``eos_token_id`` (defaults to the model's). Rows come out grouped by sequence in input order.
+    ``speculative = D > 0`` also records, per token, MoE layer l and d = 1..D, the top-m ranking
+    of layer l's router applied to layer l - d's router input (``BatchRouting.speculative``; m =
+    ``speculative_width``, default min(2k, E)); under ``steering`` it is the router's own,
+    unsteered ranking of that input.
     """
     _check_inputs(lm, input_ids, max_new_tokens)
     opts = _generation_options(lm, generation)
+    spec = None
+    if speculative:
+        spec = _Speculative(lm, speculative, speculative_width)
+    elif speculative_width is not None:
+        raise InvalidParameterError("speculative_width needs speculative = D >= 1")
     device = lm.model.device
     batch = len(input_ids)
     lengths = torch.tensor([len(s) for s in input_ids])
@@ -237,8 +363,11 @@ def collect_batch(
     generating = max_new_tokens > 0
     cache_name = cache_kwarg(lm.model)
     captured, out = _traced_forward(
-        lm, ids, mask, positions, None, generating, steering, cache_name
+        lm, ids, mask, positions, None, generating, steering, cache_name, spec
     )
+    spec_parts: list[torch.Tensor] = []
+    if spec is not None:
+        spec_parts.append(spec.take(ids.shape))
     experts_parts: list[torch.Tensor] = []
     weights_parts: list[torch.Tensor] = []
     probs_parts: list[torch.Tensor] = []
@@ -266,9 +395,11 @@ def collect_batch(
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], 1)
             last_pos = last_pos + 1
             captured, out = _traced_forward(
-                lm, nxt[:, None], mask, last_pos, cache, True, steering, cache_name
+                lm, nxt[:, None], mask, last_pos, cache, True, steering, cache_name, spec
             )
             cache = _returned_cache(out, cache, cache_name, lm)
+            if spec is not None:
+                spec_parts.append(spec.take(nxt[:, None].shape))
             e, w, p = _stack_step(lm, captured, batch, save_probs)
             experts_parts.append(e)
             weights_parts.append(w)
@@ -287,6 +418,7 @@ def collect_batch(
     experts = torch.cat(experts_parts, dim=1)[record]
     weights = torch.cat(weights_parts, dim=1)[record]
     probs = torch.cat(probs_parts, dim=1)[record] if save_probs else None
+    spec_rows = torch.cat(spec_parts, dim=1)[record] if spec is not None else None
     counts = record.sum(dim=1)
 
     # one host transfer per array for the whole batch
@@ -300,4 +432,5 @@ def collect_batch(
         experts=experts.cpu().numpy(),
         weights=weights.cpu().numpy(),
         probs=None if probs is None else probs.cpu().numpy().astype(np.float32),
+        speculative=None if spec_rows is None else spec_rows.cpu().numpy(),
     )

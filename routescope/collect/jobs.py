@@ -51,6 +51,10 @@ class JobSpec:
     max_length: int = 512
     max_new_tokens: int = 0
     save_probs: bool = False
+    #: speculative-gate recording: distances d = 1..speculative (0: off) and ranking width m
+    #: (None: min(2k, E)); see `routescope.collect.engine`
+    speculative: int = 0
+    speculative_width: int | None = None
     steering: str | None = None
     db: str = "routescope.duckdb"
     name: str | None = None
@@ -68,6 +72,18 @@ class JobSpec:
             raise JobSpecError(
                 f"{where}max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}"
             )
+        spec, width = self.speculative, self.speculative_width
+        if isinstance(spec, bool) or not isinstance(spec, int) or spec < 0:
+            raise JobSpecError(f"{where}speculative must be an integer >= 0, got {spec!r}")
+        if width is not None:
+            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+                raise JobSpecError(
+                    f"{where}speculative_width must be a positive integer, got {width!r}"
+                )
+            if spec == 0:
+                raise JobSpecError(
+                    f"{where}speculative_width needs speculative = D >= 1 (the distances to record)"
+                )
         if self.dtype not in DTYPES:
             raise JobSpecError(f"{where}dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.name is not None and not slug(self.name):
@@ -86,6 +102,8 @@ class JobSpec:
 
         Prompt files enter by set name, label, split and a hash of their bytes, so the same job
         run from another directory is the same run, and an edited prompt file is a new one.
+        Speculative recording (D, m; m None = the default 2k) enters only when on, so a job
+        without it keeps the run id it always had.
         """
         sets = []
         for ps in self.prompt_sets:
@@ -97,7 +115,7 @@ class JobSpec:
                     "sha256": file_digest(ps.path),
                 }
             )
-        return {
+        identity: dict[str, Any] = {
             "model": self.model,
             "revision": self.revision,
             "dtype": self.dtype,
@@ -108,6 +126,10 @@ class JobSpec:
             "steering": self.steering,
             "prompt_sets": sets,
         }
+        if self.speculative:
+            identity["speculative"] = self.speculative
+            identity["speculative_width"] = self.speculative_width
+        return identity
 
     @property
     def run_id(self) -> str:
@@ -155,6 +177,8 @@ _TOP_KEYS = {
     "max_length",
     "max_new_tokens",
     "save_probs",
+    "speculative",
+    "speculative_width",
     "steering",
     "db",
     "prompts",
@@ -171,6 +195,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "max_length": int,
     "max_new_tokens": int,
     "save_probs": bool,
+    "speculative": int,
+    "speculative_width": int,
     "steering": str,
     "db": str,
 }

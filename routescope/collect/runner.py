@@ -201,7 +201,8 @@ def run_job(
         if lm.tokenizer is None:
             raise JobSpecError(f"model {job.model} has no tokenizer; it is needed to tokenize")
         tokenized = tokenize_prompts(prompts, lm.tokenizer, job.max_length)
-        edit, stored = _setup_run(job, lm, writer, run_id, steering)
+        spec_width = _speculative_width(job, lm)  # a bad D or m fails before the run exists
+        edit, stored = _setup_run(job, lm, writer, run_id, steering, spec_width)
         writer.set_meta(job_size_key(run_id), {"sequences": len(tokenized)})
         selected = [i for i in range(len(tokenized)) if select is None or select(i)]
         todo = [i for i in selected if i not in stored]
@@ -231,11 +232,28 @@ def run_job(
             writer.close()
 
 
+def _speculative_width(job: JobSpec, lm: Any) -> int | None:
+    """The job's speculative ranking width m checked against the model (None: not recording)."""
+    if not job.speculative:
+        return None
+    from routescope.collect.engine import check_speculative
+
+    return check_speculative(lm, job.speculative, job.speculative_width)
+
+
 def _setup_run(
-    job: JobSpec, lm: Any, store: RunWriter, run_id: str, steering: JobSteering | None
+    job: JobSpec,
+    lm: Any,
+    store: RunWriter,
+    run_id: str,
+    steering: JobSteering | None,
+    spec_width: int | None = None,
 ) -> tuple[Any, set[int]]:
-    """Create or resume the run; returns (the engine's steering edit or None, stored seq ids)."""
+    """Create or resume the run; returns (the engine's steering edit or None, stored seq ids).
+    ``spec_width``: the resolved speculative width m, recorded in the run's config."""
     config = job.identity()
+    if spec_width is not None:
+        config["speculative_width"] = spec_width  # the default 2k, resolved for this model
     edit, steering_id = None, None
     if steering is not None:
         edit, steering_id = steering.make_edit(lm), steering.steering_id
@@ -314,6 +332,7 @@ def concat_batches(batches: Sequence[BatchRouting]) -> BatchRouting:
     for b in batches[1:]:
         offsets.append(np.asarray(b.seq_offsets[1:], dtype=np.int64) + offsets[-1][-1])
     has_probs = all(b.probs is not None for b in batches)
+    has_spec = all(b.speculative is not None for b in batches)
     return BatchRouting(
         seq_offsets=np.concatenate(offsets),
         token_ids=np.concatenate([b.token_ids for b in batches]),
@@ -322,6 +341,11 @@ def concat_batches(batches: Sequence[BatchRouting]) -> BatchRouting:
         experts=np.concatenate([b.experts for b in batches]),
         weights=np.concatenate([b.weights for b in batches]),
         probs=np.concatenate([b.probs for b in batches]) if has_probs else None,  # type: ignore[misc]
+        speculative=(
+            np.concatenate([b.speculative for b in batches])  # type: ignore[misc]
+            if has_spec
+            else None
+        ),
     )
 
 
@@ -375,6 +399,10 @@ def _collect(
         transient=False,
     )
     batch_size = job.batch_size
+    # speculative recording is passed only when on, so any collect_fn without it still serves
+    spec_opts: dict[str, Any] = {}
+    if job.speculative:
+        spec_opts = {"speculative": job.speculative, "speculative_width": job.speculative_width}
 
     def save_pending() -> None:
         """On an interruption, keep the whole sequences already computed."""
@@ -391,6 +419,7 @@ def _collect(
                     max_new_tokens=job.max_new_tokens,
                     save_probs=job.save_probs,
                     steering=plan.edit,
+                    **spec_opts,
                 )
                 if batch.num_sequences != len(seq_ids):
                     raise RuntimeError(

@@ -11,6 +11,8 @@ Conventions shared by every adapter:
 - ``route`` returns ``(weights, indices)`` of shape ``(tokens, k)`` in rank order (rank 0 = highest
   selection score), the weights being exactly the gate weights the model multiplies expert outputs by.
 - ``full_probs`` returns the full router distribution ``(tokens, E)`` as float32.
+- ``rank_experts`` returns the router's top-``m`` ranking ``(tokens, m)`` for any ``m <= E`` (what
+  speculative-gate recording stores: layer l's router applied to the router input of layer l - d).
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ def _expand_expert_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.
         return None
     mask = mask.to(device=like.device, dtype=torch.bool)
     return mask.expand_as(like)
+
+
+def ranked_within_then_rest(
+    scores: torch.Tensor, keep: torch.Tensor, m: int, candidates: int
+) -> torch.Tensor:
+    """Top-``m`` expert ids ``(tokens, m)`` by ``scores``: the experts in ``keep`` (bool, exactly
+    ``candidates`` per row, e.g. a group-limited router's kept groups) first, then the others.
+
+    With ``m <= candidates`` this is the top-``m`` of ``scores`` restricted to ``keep``, i.e. the
+    family's own selection; beyond that, the experts the group limit excluded follow by score.
+    """
+    first = torch.topk(scores.masked_fill(~keep, float("-inf")), min(m, candidates), dim=-1).indices
+    if m <= candidates:
+        return first
+    rest = torch.topk(scores.masked_fill(keep, float("-inf")), m - candidates, dim=-1).indices
+    return torch.cat([first, rest], dim=-1)
 
 
 def remove_experts(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -65,6 +83,9 @@ class MoEAdapter(ABC):
     routing: ClassVar[str] = ""
     #: one line saying what the recorded weights are for this family
     weights_doc: ClassVar[str] = ""
+    #: path, inside a decoder layer, of the module whose input a *dense* layer would route (its
+    #: MLP); None: the router's parent (``"mlp.gate"`` -> ``"mlp"``). Speculative recording only.
+    mlp_attr: ClassVar[str | None] = None
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -94,6 +115,17 @@ class MoEAdapter(ABC):
 
     def router_module(self, model: nn.Module, layer: int) -> nn.Module:
         return model.get_submodule(self.router_path(layer))
+
+    def router_input_path(self, layer: int) -> str:
+        """Dotted path of the module whose first input is layer ``layer``'s router input: the
+        router of an MoE layer; the MLP of a dense layer (the same post-attention-norm hidden
+        state, which a router there would have routed). Used by speculative recording."""
+        if self.is_moe_layer(layer):
+            return self.router_path(layer)
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} is outside this {self.family} model")
+        mlp = self.mlp_attr or self.router_attr.rpartition(".")[0]
+        return f"{self.layers_path}.{layer}.{mlp}"
 
     @property
     def num_experts(self) -> int:
@@ -173,6 +205,17 @@ class MoEAdapter(ABC):
             scores = scores.masked_fill(force, float("inf"))
         indices = torch.topk(scores, self.top_k, dim=-1, sorted=True).indices
         return self.gate_weights(logits, indices, router, mask), indices
+
+    def rank_experts(self, logits: torch.Tensor, router: nn.Module, m: int) -> torch.Tensor:
+        """The router's top-``m`` experts ``(tokens, m)`` for these logits, in rank order, for any
+        ``1 <= m <= E`` (speculative recording asks for m = 2k by default).
+
+        Default: top-``m`` of ``selection_scores``, so its first k are exactly the router's choice.
+        Families whose selection leaves fewer than E candidates (group-limited routing) override
+        it to rank the candidates first and then the excluded experts by score
+        (`ranked_within_then_rest`), so every slot names a distinct expert.
+        """
+        return torch.topk(self.selection_scores(logits, router), m, dim=-1, sorted=True).indices
 
     def rank_order(
         self, logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, router: nn.Module

@@ -5,6 +5,7 @@ Layers below ``first_k_dense_replace`` are dense. Routing (DeepseekV2TopkRouter)
 ``topk_group`` groups with the highest max probability (others zeroed), then top-k. The router's
 top-k is unsorted; routescope reorders it by probability. Recorded weights are the selected
 probabilities times ``routed_scaling_factor`` (no renormalization in this implementation).
+``rank_experts`` (speculative recording) ranks the kept groups' experts first, then the others.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.base import MoEAdapter, ranked_within_then_rest, remove_experts
 from routescope.models.adapters.registry import register_adapter
 
 
@@ -35,20 +36,36 @@ class DeepseekV2Adapter(MoEAdapter):
     def norm_topk_prob(self) -> bool:
         return False
 
+    def _grouped(self) -> bool:
+        return self.config.topk_method == "group_limited_greedy"
+
+    def _kept(self, scores: torch.Tensor) -> torch.Tensor:
+        """bool (tokens, E): the experts of the ``topk_group`` groups with the highest max score."""
+        n_group = int(self.config.n_group)
+        grouped = scores.view(-1, n_group, self.num_experts // n_group)
+        group_scores = grouped.max(dim=-1).values
+        keep = torch.topk(group_scores, k=int(self.config.topk_group), dim=-1).indices
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+        return group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(scores)
+
     def selection_scores(
         self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         scores = torch.softmax(logits.float(), dim=-1)
         scores = remove_experts(scores, mask)
-        if self.config.topk_method == "group_limited_greedy":
-            n_group = int(self.config.n_group)
-            grouped = scores.view(-1, n_group, self.num_experts // n_group)
-            group_scores = grouped.max(dim=-1).values
-            keep = torch.topk(group_scores, k=int(self.config.topk_group), dim=-1).indices
-            group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
-            expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(scores)
-            scores = scores.masked_fill(~expert_mask, 0.0)
+        if self._grouped():
+            scores = scores.masked_fill(~self._kept(scores), 0.0)
         return scores
+
+    def rank_experts(self, logits: torch.Tensor, router: nn.Module, m: int) -> torch.Tensor:
+        """Top-``m`` by probability; with group-limited greedy, within the kept groups first (the
+        router's own selection), then the other experts by probability."""
+        if not self._grouped():
+            return super().rank_experts(logits, router, m)
+        scores = torch.softmax(logits.float(), dim=-1)
+        per_group = self.num_experts // int(self.config.n_group)
+        candidates = int(self.config.topk_group) * per_group
+        return ranked_within_then_rest(scores, self._kept(scores), m, candidates)
 
     def gate_weights(
         self,
