@@ -342,7 +342,7 @@ def _slide(X, a, T, lay, t, window, win, wstart):
         wstart[lay] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _issue(
     P, a, T, t2, lay, m, stride, policy, window, cap, load_ps, X, clock, st,
     res, nres, where, last, cnt, adm, win, mark, nu, pin, fromp, avail, wstart, pend, npend,
