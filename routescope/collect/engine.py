@@ -177,7 +177,7 @@ class _Speculative:
         adapter = self.lm.adapter
         x = hidden.reshape(-1, hidden.shape[-1])
         for col, d in self.targets[layer]:
-            logits = adapter.unpack(self.router_envoys[col](x.to(self.devices[col])))[0]
+            logits = adapter.router_logits(self.router_envoys[col], x.to(self.devices[col]))
             ranking = adapter.rank_experts(logits, self.routers[col], self.width)
             self.parts.append((col, d, ranking))
 

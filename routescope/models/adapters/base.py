@@ -206,6 +206,19 @@ class MoEAdapter(ABC):
         indices = torch.topk(scores, self.top_k, dim=-1, sorted=True).indices
         return self.gate_weights(logits, indices, router, mask), indices
 
+    def router_logits(self, router: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """The raw logits ``(tokens, E)`` that ``router``'s forward computes from ``hidden``
+        ``(tokens, hidden_size)``: what speculative recording ranks when it applies a layer's
+        router to another layer's router input.
+
+        ``router`` is the router module or the engine's nnsight envoy of it (calling the envoy
+        inside a traced forward runs the module without disturbing the trace). Default: the
+        router's own forward, through ``unpack``. A family whose forward does much more than the
+        projection (group-limited selection) may override this with the projection alone, which
+        must give exactly the forward's logits.
+        """
+        return self.unpack(router(hidden))[0]
+
     def rank_experts(self, logits: torch.Tensor, router: nn.Module, m: int) -> torch.Tensor:
         """The router's top-``m`` experts ``(tokens, m)`` for these logits, in rank order, for any
         ``1 <= m <= E`` (speculative recording asks for m = 2k by default).

@@ -10,7 +10,10 @@ probabilities times ``routed_scaling_factor`` (no renormalization in this implem
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from routescope.models.adapters.base import MoEAdapter, ranked_within_then_rest, remove_experts
@@ -56,6 +59,11 @@ class DeepseekV2Adapter(MoEAdapter):
         if self._grouped():
             scores = scores.masked_fill(~self._kept(scores), 0.0)
         return scores
+
+    def router_logits(self, router: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """The projection of DeepseekV2TopkRouter.forward alone (float32), without its group selection."""
+        weight: torch.Tensor = router.weight
+        return F.linear(hidden.float(), weight.float())
 
     def rank_experts(self, logits: torch.Tensor, router: nn.Module, m: int) -> torch.Tensor:
         """Top-``m`` by probability; with group-limited greedy, within the kept groups first (the

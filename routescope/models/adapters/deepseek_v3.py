@@ -11,7 +11,10 @@ selection score. ``full_probs`` returns the sigmoid scores (each in (0, 1); rows
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from routescope.models.adapters.base import MoEAdapter, ranked_within_then_rest, remove_experts
@@ -54,6 +57,11 @@ class DeepseekV3Adapter(MoEAdapter):
     ) -> torch.Tensor:
         choice = remove_experts(self._choice(logits, router), mask)
         return choice.masked_fill(~self._kept(choice), float("-inf"))
+
+    def router_logits(self, router: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """The projection of DeepseekV3TopkRouter.forward alone (float32), without its group selection."""
+        weight: torch.Tensor = router.weight
+        return F.linear(hidden.float(), weight.float())
 
     def rank_experts(self, logits: torch.Tensor, router: nn.Module, m: int) -> torch.Tensor:
         """Top-``m`` by biased score within the kept groups (the router's own selection), then,
