@@ -15,7 +15,9 @@ layer. The model of one token step at MoE layer l (DESIGN §9):
   top-ranked counting as the most recently used, and stays pinned (not evictable) until layer l
   starts. Prefetches never reach back before the sequence's stream starts; predictors that need
   the same token's state (speculative, transition) are issued no earlier than the token's first
-  MoE layer;
+  MoE layer. Leads count MoE layers; recorded `speculative-d` rankings count model layers, which
+  is the same wherever MoE layers are consecutive (dense layers before the first MoE layer, as
+  in DeepSeek-V3, only mean the first MoE layers' rankings are issued at the token's start);
 - one host→device link of `bandwidth_gbps` carries every load, first come first served (an
   on-demand load waits behind earlier prefetches): a load of `expert_bytes` takes
   expert_bytes / B;
