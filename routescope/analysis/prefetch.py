@@ -483,12 +483,13 @@ def _transition_counts(X, rows, d, pairs, cond, marg, with_marg):
 @njit(cache=True)
 def _transition_predict(X, d, probs, marg, M):
     """Top-M experts at each layer l >= d by the summed conditional probabilities of the token's
-    experts at l - d (ties: train frequency at l, then the lower id)."""
+    experts at l - d (ties: train frequency at l, then the lower id). One pass over the E scores
+    keeps the best M in order (insertion), so E = 256 costs a few hundred comparisons."""
     n, nl, k = X.shape
     n_items = probs.shape[2]
+    width = min(M, n_items)
     out = np.full((n, nl, M), -1, dtype=np.int32)
     score = np.zeros(n_items, dtype=np.float64)
-    taken = np.zeros(n_items, dtype=np.bool_)
     for t in range(n):
         for lay in range(d, nl):
             have = False
@@ -503,21 +504,25 @@ def _transition_predict(X, d, probs, marg, M):
                     score[b] += probs[lay, a, b]
             if not have:
                 continue
-            for r in range(min(M, n_items)):
-                best = -1
-                for b in range(n_items):
-                    if taken[b]:
-                        continue
-                    if (
-                        best < 0
-                        or score[b] > score[best]
-                        or (score[b] == score[best] and marg[lay, b] > marg[lay, best])
+            filled = 0
+            for b in range(n_items):  # ascending ids: an equal key never displaces a lower id
+                pos = filled
+                while pos > 0:
+                    c = out[t, lay, pos - 1]
+                    if score[b] > score[c] or (
+                        score[b] == score[c] and marg[lay, b] > marg[lay, c]
                     ):
-                        best = b
-                out[t, lay, r] = best
-                taken[best] = True
-            for r in range(min(M, n_items)):
-                taken[out[t, lay, r]] = False
+                        pos -= 1
+                    else:
+                        break
+                if pos >= width:
+                    continue
+                last = min(filled, width - 1)
+                for q in range(last, pos, -1):
+                    out[t, lay, q] = out[t, lay, q - 1]
+                out[t, lay, pos] = b
+                if filled < width:
+                    filled += 1
     return out
 
 
