@@ -12,13 +12,20 @@ Models (random weights, float32, CPU), one per routing style the recording ranks
   with the selection-only bias, 8 groups of which 4 are kept; m = 2k = 16. Its layer-1 rankings
   for d = 1 read the dense layer's MLP input.
 
-Prefill: the same batches of B x T token ids go through `collect_batch` with and without
-`speculative=2` (the target: ratio <= 1.2), and through both followed by the store write
-(`RoutingStore.write_batch` of every batch into a fresh DuckDB file, then `finish_run`, which
-clusters the run's rows), which is what `routescope collect` adds. Decode (for information):
-`collect_batch(max_new_tokens=N)` with and without. Variants are interleaved; ratios are medians of
-per-repeat ratios of this process's CPU time (see bench_collect_overhead.py for why CPU time on a
-shared machine); the wall-clock ratio is shown too.
+Prefill: batches of B x T token ids go through `collect_batch` with and without `speculative=2`
+(the target: ratio <= 1.2), and through both followed by the store write (`RoutingStore.write_batch`
+of the batch into a fresh DuckDB file, then `finish_run`, which clusters the run's rows), which is
+what `routescope collect` adds. Every prefill variant runs one batch per call, the variants taking
+turns batch by batch over the same batches (repeats x batches calls each). Decode (for
+information): `collect_batch(max_new_tokens=N)` with and without, in the same turns. Ratios are
+medians of per-call ratios of this process's CPU time (see bench_collect_overhead.py for why CPU
+time on a shared machine); the wall-clock ratio is shown too.
+
+What the toy models exaggerate: the recording costs, per MoE layer and token, D router projections
+and D rankings over E experts (a top-m, with the group choice for grouped routing), independent of
+the expert width; the forward costs k experts of hidden x intermediate each. These models have
+hidden 128 and tiny experts, so the ratio here is far above what a real model of the same E pays
+(DeepSeek-V3: hidden 7168, experts of 2048).
 """
 
 from __future__ import annotations
@@ -108,18 +115,31 @@ def write_store(lm: LoadedModel, results: list[BatchRouting], root: Path, tag: s
 def variants_for(
     lm: LoadedModel, batches: list[list[list[int]]], dec: list[list[int]], new: int, root: Path
 ) -> dict[str, Callable[[], object]]:
-    def prefill(spec: int) -> list[BatchRouting]:
-        return [collect_batch(lm, b, speculative=spec) for b in batches]
+    """One call of a prefill variant runs one batch (the next in turn, the same sequence of
+    batches for every variant), so variants alternate every batch and shared-machine noise falls
+    on both sides of each ratio alike."""
+
+    def cycling(spec: int, store: bool) -> Callable[[], object]:
+        turn = iter(range(1 << 30))
+
+        def run() -> object:
+            batch = batches[next(turn) % len(batches)]
+            rec = collect_batch(lm, batch, speculative=spec)
+            if store:
+                write_store(lm, [rec], root, f"s{spec}")
+            return rec
+
+        return run
 
     def decode(spec: int) -> BatchRouting:
         opts = {"eos_token_id": []}
         return collect_batch(lm, dec, max_new_tokens=new, generation=opts, speculative=spec)
 
     return {
-        "collect": lambda: prefill(0),
-        "collect_spec": lambda: prefill(D),
-        "store": lambda: write_store(lm, prefill(0), root, "plain"),
-        "store_spec": lambda: write_store(lm, prefill(D), root, "spec"),
+        "collect": cycling(0, False),
+        "collect_spec": cycling(D, False),
+        "store": cycling(0, True),
+        "store_spec": cycling(D, True),
         "decode": lambda: decode(0),
         "decode_spec": lambda: decode(D),
     }
@@ -134,10 +154,10 @@ def section(name: str, lm: LoadedModel, t: Timings, tokens: int, dec_tokens: int
         f"speculative D = {D}, m = {m}.",
         "",
         Timings.HEADER,
-        t.row("collect_batch (prefill)", "collect", tokens),
-        t.row("collect_batch, speculative=2 (prefill)", "collect_spec", tokens),
-        t.row("collect_batch + store write (prefill)", "store", tokens),
-        t.row("collect_batch + store write, speculative=2 (prefill)", "store_spec", tokens),
+        t.row("collect_batch (prefill, per batch)", "collect", tokens),
+        t.row("collect_batch, speculative=2 (prefill, per batch)", "collect_spec", tokens),
+        t.row("collect_batch + store write (prefill, per batch)", "store", tokens),
+        t.row("collect_batch + store write, speculative=2 (per batch)", "store_spec", tokens),
         t.row("collect_batch (decode)", "decode", dec_tokens),
         t.row("collect_batch, speculative=2 (decode)", "decode_spec", dec_tokens),
         "",
@@ -175,9 +195,11 @@ def main() -> None:
         f"Random float32 models on CPU, {args.threads} torch thread(s). Prefill: {args.batches} "
         f"batches of {args.batch_size} x {args.seq_len} tokens ({tokens} tokens); decode: batch "
         f"{args.batch_size}, prompt {args.seq_len // 4}, {args.new_tokens} new tokens. "
-        f"{args.repeats} interleaved repeats; ratios are medians of per-repeat CPU-time ratios. "
+        f"{args.repeats} repeats over the batches, prefill variants taking turns batch by batch "
+        "(decode: one call per turn too); ratios are medians of per-call CPU-time ratios. "
         "The recording reads each layer's router input inside the traced forward and ranks the "
-        "next D layers' routers on it there (ad hoc router calls); only int16 rankings are kept.",
+        "next D layers' routers on it there (an ad hoc call of the router, or for DeepSeek its "
+        "projection alone); only int16 rankings are kept.",
         "",
     ]
     models = {
@@ -190,8 +212,8 @@ def main() -> None:
         for name, model in models.items():
             lm = LoadedModel.from_model(model, model_id=f"bench-{model.config.model_type}")
             variants = variants_for(lm, batches, dec, args.new_tokens, Path(tmp))
-            t = interleaved(variants, args.repeats)
-            lines += section(name, lm, t, tokens, dec_tokens)
+            t = interleaved(variants, args.repeats * args.batches)
+            lines += section(name, lm, t, tokens // args.batches, dec_tokens)
     write_result(args.out, lines, args.threads, "bench_speculative.py", "see --help for sizes")
 
 
