@@ -219,8 +219,9 @@ def readable_version(db: str) -> tuple[str, str | None]:
 
 
 # ---- analysis results: the store's memo, with progress while computing ----------------------
-#: Analysis results kept in this server process (small frames), most recent last.
-RESULTS_KEPT = 256
+#: Analysis results kept in this server process, most recent last, up to this many bytes (the
+#: oldest are dropped first; they stay in the store's memo).
+RESULTS_BYTES = 256 * 2**20
 _RESULTS: OrderedDict[tuple[str, ...], pl.DataFrame] = OrderedDict()
 _RESULTS_LOCK = threading.Lock()
 
@@ -262,10 +263,13 @@ def _kept(key: tuple[str, ...]) -> pl.DataFrame | None:
 
 
 def _keep(key: tuple[str, ...], result: pl.DataFrame) -> None:
+    """Keep a result for repeat views, within RESULTS_BYTES (a larger one is not kept)."""
     with _RESULTS_LOCK:
         _RESULTS[key] = result
-        while len(_RESULTS) > RESULTS_KEPT:
-            _RESULTS.popitem(last=False)
+        total = sum(r.estimated_size() for r in _RESULTS.values())
+        while _RESULTS and total > RESULTS_BYTES:
+            _, old = _RESULTS.popitem(last=False)
+            total -= old.estimated_size()
 
 
 def _started(bar: ProgressBar, fn: Callable[[RoutingStore, ProgressBar], T], store: Any) -> T:

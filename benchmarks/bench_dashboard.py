@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,8 +61,8 @@ CHROME_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-#: Seconds a page may take before it counts as failed.
-PAGE_TIMEOUT = 900.0
+#: Seconds a page may take before it counts as failed (and is left out of the later passes).
+PAGE_TIMEOUT = 600.0
 #: A page counts as settled when its ready test holds now and this many seconds later.
 SETTLE = 0.5
 
@@ -262,16 +263,26 @@ class Pass:
     first_content: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     rss_after: dict[str, float] = field(default_factory=dict)
+    peak_after: dict[str, float] = field(default_factory=dict)
 
 
-def view_all(browser: Browser, server: Server, name: str, keys: list[str]) -> Pass:
+def view_all(
+    browser: Browser, server: Server, name: str, keys: list[str], skip: Pass | None = None
+) -> Pass:
+    """View each page once; pages that did not settle in `skip` (an earlier pass) are left out."""
     out = Pass(name)
     for key in keys:
         page = manifest.page(key)
+        if skip is not None and "not settled" in skip.errors.get(key, ""):
+            out.seconds[key], out.first_content[key] = float("nan"), float("nan")
+            out.rss_after[key] = out.peak_after[key] = float("nan")
+            out.errors[key] = "left out (did not settle in the first pass)"
+            continue
         seconds, first, error = browser.view(f"{server.base}/{page.url_path}", page)
         out.seconds[key] = seconds
         out.first_content[key] = first
         out.rss_after[key] = server.rss_mib()
+        out.peak_after[key] = server.peak_mib()
         if error:
             out.errors[key] = error
         status = f"error: {error[:200]}" if error else "ok"
@@ -315,6 +326,18 @@ def proc_total_gib() -> float:
     return 0.0
 
 
+def cell(p: Pass, key: str) -> str:
+    """A page's time in a pass, or what kept it from settling."""
+    error = p.errors.get(key)
+    if error is None:
+        return f"{p.seconds[key]:.2f}"
+    if error.startswith("left out"):
+        return "—"
+    if error.startswith("not settled"):
+        return f"> {PAGE_TIMEOUT:.0f} (not settled)"
+    return f"{p.seconds[key]:.2f} (error)"
+
+
 def report(
     args: argparse.Namespace,
     keys: list[str],
@@ -325,7 +348,9 @@ def report(
 ) -> str:
     first, repeat, fresh = passes
     ok = lambda p, k, limit: (  # noqa: E731
-        "error" if k in p.errors else ("yes" if p.seconds[k] <= limit else "**no**")
+        ("—" if p.errors[k].startswith("left out") else "**no**")
+        if k in p.errors
+        else ("yes" if p.seconds[k] <= limit else "**no**")
     )
     lines = [
         "# Dashboard: page times and server memory",
@@ -344,8 +369,9 @@ def report(
         "|---|---:|---:|---:|---:|:---:|:---:|",
     ]
     for k in keys:
-        cells = [f"{p.seconds[k]:.2f}" + (" (error)" if k in p.errors else "") for p in passes]
-        cells.insert(1, f"{first.first_content[k]:.2f}")
+        cells = [cell(p, k) for p in passes]
+        cells.insert(1, "—" if first.first_content[k] != first.first_content[k] else
+                     f"{first.first_content[k]:.2f}")  # fmt: skip
         lines.append(
             f"| {manifest.page(k).title} | {' | '.join(cells)} | {ok(first, k, 20)} | "
             f"{ok(repeat, k, 2)} |"
@@ -355,8 +381,11 @@ def report(
         f"Server peak resident memory (VmHWM): **{peaks[0]:,.0f} MiB** over the first and repeat "
         f"views, {peaks[1]:,.0f} MiB over the fresh server's views (target < 2,048 MiB).",
         "",
-        "Resident memory after each page, first view (MiB): "
-        + ", ".join(f"{manifest.page(k).title} {first.rss_after[k]:,.0f}" for k in keys)
+        "Server memory after each page's first view, resident / peak so far (MiB): "
+        + ", ".join(
+            f"{manifest.page(k).title} {first.rss_after[k]:,.0f} / {first.peak_after[k]:,.0f}"
+            for k in keys
+        )
         + ".",
     ]
     errors = {(p.name, k): e for p in passes for k, e in p.errors.items()}
@@ -374,6 +403,7 @@ def report(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and browser too
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", help="the run's store (built when missing; default: a temp file)")
     ap.add_argument("--tokens", type=int, default=1_048_576)
@@ -400,15 +430,13 @@ def main() -> None:
         try:
             server = Server(db, work)
             try:
-                passes = [
-                    view_all(browser, server, "first", keys),
-                    view_all(browser, server, "repeat", keys),
-                ]
+                first = view_all(browser, server, "first", keys)
+                passes = [first, view_all(browser, server, "repeat", keys, skip=first)]
             finally:
                 peaks.append(server.stop())
             server = Server(db, work)
             try:
-                passes.append(view_all(browser, server, "fresh server", keys))
+                passes.append(view_all(browser, server, "fresh server", keys, skip=first))
             finally:
                 peaks.append(server.stop())
         finally:
