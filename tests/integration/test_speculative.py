@@ -310,6 +310,8 @@ def test_cli_round_trip_through_the_store(tmp_path, monkeypatch) -> None:
     common += ["--max-new-tokens", "2", "-b", "2"]
     assert _cli(monkeypatch, *common, "--name", "spec", "--speculative", "2") == 0
     assert _cli(monkeypatch, *common, "--name", "plain") == 0
+    # a distance the model cannot have fails in one line before the run is created
+    assert _cli(monkeypatch, *common, "--name", "bad", "--speculative", "3") != 0
 
     with RoutingStore(db, read_only=True) as store:
         src = store.source("spec")
@@ -326,8 +328,10 @@ def test_cli_round_trip_through_the_store(tmp_path, monkeypatch) -> None:
     counts = dict(
         con.execute("SELECT run_id, count(*) FROM speculative_routes GROUP BY 1").fetchall()
     )
+    runs = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
     con.close()
     assert set(counts) == {"spec"}
+    assert runs == {"spec", "plain"}
 
     tokens = 0
     family = "olmoe"  # build_tiny_olmoe: the TINY row's router path and layers
