@@ -179,6 +179,15 @@ def lead_table(src: Any, cost: ol.OffloadCost) -> list[str]:
     return lines
 
 
+#: How this script collects the demo runs when --db does not exist (about a minute on a laptop
+#: CPU each): both demo jobs, with speculative rankings for d = 1, 2 (top-2k).
+COLLECT = (
+    "collect collectors/demo.toml --name demo-domains --speculative 2",
+    "collect collectors/demo_behaviours.toml --name demo-behaviours --max-new-tokens 8 "
+    "--speculative 2",
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", default="routescope.duckdb")
@@ -186,20 +195,11 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     if not Path(args.db).exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "routescope",
-                "demo",
-                "--db",
-                args.db,
-                "--split",
-                "heldout",
-                "-q",
-            ],
-            check=True,
-        )
+        for cmd in COLLECT:
+            subprocess.run(
+                [sys.executable, "-m", "routescope", *cmd.split(), "--db", args.db, "-q"],
+                check=True,
+            )
     with RoutingStore(args.db, read_only=True) as store:
         runs = find_runs(store)
         if not runs:
@@ -258,9 +258,12 @@ def main() -> None:
         f"{platform.machine()}, {time.perf_counter() - t0:.0f} s). Runs: "
         + ", ".join(f"`{r}`" for r in runs.values())
         + (
-            " (a store written by `routescope demo --db PATH --split heldout`)"
-            if all(r.endswith("-heldout") for r in runs.values())
-            else " (written by `routescope demo`)"
+            f" (speculative rankings for d = 1..{infos[next(iter(infos))].speculative_distances}"
+            f", top-{infos[next(iter(infos))].speculative_width}; collected as "
+            + " and ".join(f"`routescope {c}`" for c in COLLECT)
+            + ")"
+            if not spec_note
+            else " (no speculative rankings)"
         )
         + ". Definitions: DESIGN.md §9; code: `routescope.analysis.prefetch`, "
         "`routescope.analysis.offload`.",
@@ -371,10 +374,23 @@ def summary(recall: dict, whatif: dict, cost: ol.OffloadCost, k: int, E: int) ->
     if dom is not None:
         pooled = dom.filter(pl.col("layer").is_null() & (pl.col("width") == k))
         by = {r["predictor"]: r["recall"] for r in pooled.to_dicts()}
-        best = max((v, n) for n, v in by.items() if n != "oracle" and v is not None)
         cov = {r["predictor"]: r["coverage"] for r in pooled.to_dicts()}
+        spec = by.get("speculative-1")
+        if spec is not None:
+            lines.append(
+                f"- `speculative-1` (layer l's router on layer l − 1's input) names the most: "
+                f"recall@{k} {spec:.3f} on the {cov['speculative-1']:.0%} of token-layers it "
+                f"covers (none for the first layer); at distance 2 "
+                f"{by.get('speculative-2', float('nan')):.3f}."
+            )
+        best = max(
+            (v, n)
+            for n, v in by.items()
+            if n != "oracle" and not n.startswith("speculative") and v is not None
+        )
         lines.append(
-            f"- Without hidden states, the best predictor on the domain run is `{best[1]}`: "
+            f"- From routing alone (no hidden states), the best predictor on the domain run is "
+            f"`{best[1]}`: "
             f"recall@{k} {best[0]:.3f} on the {cov[best[1]]:.0%} of token-layers it covers, "
             f"against a chance level of {k / E:.3f} (previous-token "
             f"{by.get('previous-token', float('nan')):.3f}, window-8 "
@@ -418,6 +434,23 @@ def summary(recall: dict, whatif: dict, cost: ol.OffloadCost, k: int, E: int) ->
             "prediction, is the bound; prediction pays where loads are few enough to hide "
             "behind compute."
         )
+        spec_rows = sim.filter(
+            (pl.col("policy") == "lru")
+            & (pl.col("predictor") == "speculative-1")
+            & (pl.col("capacity") == mid)
+        )
+        if spec_rows.height:
+            r = spec_rows.row(0, named=True)
+            wasted = 1 - r["useful_prefetches"] / max(r["prefetch_loads"], 1)
+            lines.append(
+                f"- Speculative prefetch into the same cache does not pay here: LRU + "
+                f"speculative-1 at C = {mid} gives {r['tokens_per_s']:.0f} tokens/s against "
+                f"{at('lru', 'none'):.0f} without prefetch. {wasted:.0%} of its loads are never "
+                "used before eviction; each wrong guess costs a full expert load on the shared "
+                "link, ahead of the on-demand loads (first come, first served), and evicts an "
+                "expert LRU would have kept. Systems that cancel or deprioritize prefetches, or "
+                "prefetch into a separate buffer, would fare better than this model."
+            )
         lines.append(
             f"- One expert load ({cost.load_ps / 1e9:.3f} ms) costs about "
             f"{cost.load_ps / 1e9 / cost.layer_ms:.1f} layers of compute, so a one-layer lead "
