@@ -461,9 +461,10 @@ def _simulate(
                             continue
                         where[lay, e] = nres[lay]
                         res[lay, nres[lay]] = e
-                        # never used yet: older than every use, the latest first use oldest
+                        # never used yet: older than every use, the latest first use oldest;
+                        # admitted (FIFO) in first-use order, as a cold cache would have
                         last[lay, e] = -1 - nres[lay]
-                        adm[lay, e] = -1 - nres[lay]
+                        adm[lay, e] = nres[lay] - cap
                         avail[lay, e] = 0
                         nres[lay] += 1
             clock[0] = 0

@@ -288,6 +288,20 @@ def test_lru_is_never_slower_with_more_memory(data, s, same, start):
     assert times == sorted(times, reverse=True)
 
 
+def test_warm_start_preloads_in_first_use_order():
+    """Warm: the first C distinct experts are resident at no cost, admitted (for FIFO) in the
+    order a cold cache would have admitted them."""
+    X, off = X_of([[[0]], [[1]], [[2]], [[0]]])
+    fifo = ol.simulate_stream(X, off, 3, "fifo", 2, cost(), start="warm")
+    # 0 and 1 hit; 2 evicts the first admitted (0), so 0 misses again: 2 hits, 2 loads
+    assert (fifo["hits"], fifo["demand_loads"]) == (2, 2)
+    assert fifo["time_ps"] == 4 * MS + 2 * 2 * MS
+    lru = ol.simulate_stream(X, off, 3, "lru", 2, cost(), start="warm")
+    assert (lru["hits"], lru["demand_loads"]) == (2, 2)  # 2 evicts 0, the least recent
+    cold = ol.simulate_stream(X, off, 3, "fifo", 2, cost())
+    assert cold["hits"] + 2 == fifo["hits"]
+
+
 def test_fifo_can_be_slower_with_more_memory():
     """Belady's anomaly: what the LRU property rules out does happen to FIFO."""
     refs = [1, 2, 3, 4, 1, 2, 5, 1, 2, 3, 4, 5]
