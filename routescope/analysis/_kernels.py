@@ -1,9 +1,11 @@
 """numba kernels behind routing consistency (SRP/SCH) and expert-cache simulation.
 
-All kernels take request arrays ``X: int32[N, nL, K]`` (token rows x layers x requests per token,
-``-1`` = padding, used for batch steps whose request sets vary in size) and ``offsets: int64[S+1]``
-(the token rows of each sequence). Work is split into (layer, chunk of sequences) tasks run with
-``prange``; each task owns its output row, so there are no races, and rows are summed afterwards.
+All kernels take request arrays ``X: int16/int32[N, nL, K]`` (token rows x layers x requests per
+token, ``-1`` = padding, used for batch steps whose request sets vary in size) and ``offsets:
+int64[S+1]`` (the token rows of each sequence). The compiled kernels get them as C-contiguous
+[nL, N, K] arrays (`layer_major`): each task walks one layer's rows, which are then contiguous.
+Work is split into (layer, chunk of sequences) tasks run with ``prange``; each task owns its output
+row, so there are no races, and rows are summed afterwards.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _win_add(X, row, layer, win, sign):
 
 
 @njit(cache=True, parallel=True)
-def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
+def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
     """One pass of a stack (priority) algorithm: hit depths for every capacity at once.
 
     Returns (hist[nL, n_items+1], requests[nL], distinct[nL, n_items+1]): hist[l, d] counts the
@@ -72,6 +74,7 @@ def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
     distinct[l, D] counts sequences with D distinct requested items (for warm start).
     Under TOKEN and SIMULTANEOUS service a request's depth is taken before its token is served.
     """
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     n_chunks = len(chunks) - 1
     n_tasks = n_layers * n_chunks
@@ -222,12 +225,13 @@ def _stack_depths(X, offsets, chunks, n_items, policy, service, window):
 
 
 @njit(cache=True, parallel=True)
-def _fifo_hits(X, offsets, chunks, n_items, capacities, service):
+def _fifo_hits(Y, offsets, chunks, n_items, capacities, service):
     """FIFO (not a stack algorithm: Belady's anomaly) simulated once per capacity.
 
     Returns hits[nL, len(capacities)] under cold start. Under SIMULTANEOUS service the oldest
     resident that the current token does not request is evicted.
     """
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     n_chunks = len(chunks) - 1
     n_caps = len(capacities)
@@ -289,8 +293,9 @@ def _fifo_hits(X, offsets, chunks, n_items, capacities, service):
 
 
 @njit(cache=True, parallel=True)
-def _static_topc(X, offsets, chunks, n_items):
+def _static_topc(Y, offsets, chunks, n_items):
     """Best static placement: topc[l, C] = sum over sequences of the C largest request counts."""
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     n_chunks = len(chunks) - 1
     n_tasks = n_layers * n_chunks
@@ -363,13 +368,14 @@ def _window_update(X, row, layer, sign, tau, n, g, lo, a, last_a, last_g, S, G):
 
 
 @njit(cache=True, parallel=True)
-def _window_stats(X, offsets, chunks, n_experts, seg):
+def _window_stats(Y, offsets, chunks, n_experts, seg):
     """Sliding windows of `seg` tokens (stride 1) inside each sequence, O(k) work per token.
 
     Returns (G[nL, seg+1], S[nL, E], W[nL]): G[l, v] = number of (window, expert) pairs whose
     count n_{w,e} equals v; S[l, i] = sum over windows of the (i+1)-th largest n_{w,e};
     W[l] = number of windows. SRP follows from G, the segment-oracle SCH from S.
     """
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     n_chunks = len(chunks) - 1
     n_tasks = n_layers * n_chunks
@@ -440,8 +446,9 @@ def _window_stats(X, offsets, chunks, n_experts, seg):
 
 
 @njit(cache=True, parallel=True)
-def _distinct_hist(X, offsets, chunks, n_items):
+def _distinct_hist(Y, offsets, chunks, n_items):
     """dist[l, D] = number of sequences whose layer-l requests name D distinct items."""
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     n_chunks = len(chunks) - 1
     n_tasks = n_layers * n_chunks
@@ -466,10 +473,11 @@ def _distinct_hist(X, offsets, chunks, n_items):
 
 
 @njit(cache=True, parallel=True)
-def _repetition_counts(X, offsets):
+def _repetition_counts(Y, offsets):
     """Consecutive token rows of one sequence, per layer: (pairs, top1[nL], share[nL],
     overlap[nL]) = pairs, pairs whose top-1 expert repeats, pairs whose top-2 sets share an expert,
     and the sum over pairs of how many of the later token's experts the earlier token also had."""
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     pairs = 0
     for s in range(len(offsets) - 1):
@@ -506,11 +514,12 @@ def _repetition_counts(X, offsets):
 
 
 @njit(cache=True)
-def step_requests(X, offsets, batch_size, n_items):
+def _step_requests(Y, offsets, batch_size, n_items):
     """Batch steps: sequences are grouped in batches of `batch_size` (in trace order) and a step
     is one position across a batch's sequences; its requests are the union of their experts,
     ordered by (rank, sequence). Returns (Xs[steps, nL, Kp] padded with -1, step offsets per batch).
     """
+    X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
     n_seq = len(offsets) - 1
     n_batches = (n_seq + batch_size - 1) // batch_size
@@ -543,17 +552,47 @@ def step_requests(X, offsets, batch_size, n_items):
     return Xs, boff
 
 
+def layer_major(X: np.ndarray) -> np.ndarray:
+    """Request array X[N, nL, K] laid out layer by layer in memory (a view of a C-contiguous
+    [nL, N, K] array), int16 or int32: the layout the kernels walk, one layer's rows at a time.
+    No copy when X is already so (a clustered store's chunks are read that way)."""
+    if X.dtype != np.int16 and X.dtype != np.int32:
+        X = X.astype(np.int32)
+    return np.ascontiguousarray(X.transpose(1, 0, 2)).transpose(1, 0, 2)
+
+
+def select_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`layer_major(X)[rows]` (a boolean mask or indices over token rows), copied once."""
+    return layer_major(X).transpose(1, 0, 2)[:, rows].transpose(1, 0, 2)
+
+
+def _rows_by_layer(X: np.ndarray) -> np.ndarray:
+    """The C-contiguous [nL, N, K] array behind `layer_major(X)`: what the kernels take (one
+    compiled variant per dtype, whatever layout the caller's array has)."""
+    return layer_major(X).transpose(1, 0, 2)
+
+
 def _run(kernel, X, *args):
-    """Run a prange kernel; small inputs on one thread (waking threads on a busy machine costs
-    far more than the work: measured 100-300 ms against 0.03 ms per call)."""
-    if X.size >= PARALLEL_MIN:
-        return kernel(X, *args)
+    """Run a prange kernel on X[N, nL, K] (passed as [nL, N, K]); small inputs on one thread
+    (waking threads on a busy machine costs far more than the work: measured 100-300 ms against
+    0.03 ms per call)."""
+    Y = _rows_by_layer(X)
+    if Y.size >= PARALLEL_MIN:
+        return kernel(Y, *args)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        return kernel(X, *args)
+        return kernel(Y, *args)
     finally:
         numba.set_num_threads(before)
+
+
+def step_requests(X, offsets, batch_size, n_items):
+    """Batch steps: sequences are grouped in batches of `batch_size` (in trace order) and a step
+    is one position across a batch's sequences; its requests are the union of their experts,
+    ordered by (rank, sequence). Returns (Xs int32[steps, nL, Kp] padded with -1, step offsets
+    per batch)."""
+    return _step_requests(_rows_by_layer(X), offsets, batch_size, n_items)
 
 
 def stack_depths(X, offsets, chunks, n_items, policy, service, window):

@@ -123,16 +123,16 @@ def _choice(value: str, allowed: Sequence[str], what: str) -> str:
 
 # ---- request arrays of one chunk ------------------------------------------------------------------
 def phase_requests(chunk: Trace, phase: str = "all") -> tuple[np.ndarray, np.ndarray]:
-    """(X int32[rows, L, k], offsets int64[S+1]) of the chunk's tokens of `phase` ('all',
+    """(X int16/int32[rows, L, k] laid out layer by layer (`_kernels.layer_major`: no copy of a
+    clustered store's chunk), offsets int64[S+1]) of the chunk's tokens of `phase` ('all',
     'prefill' or 'decode'). Sequences without such tokens stay, empty, so batches of sequences
     are the same whatever the phase."""
-    if phase == "all":
-        X = np.ascontiguousarray(chunk.experts, dtype=np.int32)
-        return X, np.ascontiguousarray(chunk.seq_offsets, dtype=np.int64)
-    mask = chunk.phase == PHASES.index(phase)
+    mask = None if phase == "all" else chunk.phase == PHASES.index(phase)
+    if mask is None or mask.all():
+        return K.layer_major(chunk.experts), np.ascontiguousarray(chunk.seq_offsets, np.int64)
     kept = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
     offsets = np.ascontiguousarray(kept[chunk.seq_offsets], dtype=np.int64)
-    return np.ascontiguousarray(chunk.experts[mask], dtype=np.int32), offsets
+    return K.select_rows(chunk.experts, mask), offsets
 
 
 def request_arrays(
@@ -143,7 +143,8 @@ def request_arrays(
     granularity: str = "token",
     batch_size: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(X int32[rows, nL', K'] padded with -1, offsets, number of distinct items) to simulate.
+    """(X int16/int32[rows, nL', K'] padded with -1, offsets, number of distinct items) to
+    simulate.
 
     Step granularity unions a batch's tokens per position (`batch_size` sequences per batch,
     counted from the first sequence of X). Global scope is one virtual layer whose items are
@@ -245,9 +246,13 @@ def _cache_kernel(spec: CacheSpec, chunk: Trace) -> CacheCounts:
         X, offsets, n_items = request_arrays(
             X, offsets, spec.num_experts, spec.scope, spec.granularity, spec.batch_size
         )
-        valid = (X >= 0).sum(axis=2)
-        out.kmax[ph] = int(valid.max()) if valid.size else 0
-        out.requests[ph] = valid.sum(axis=0).astype(np.int64)
+        if X.min() >= 0:  # no padding: every row requests K items at every layer
+            out.kmax[ph] = int(X.shape[2])
+            out.requests[ph] = np.full(X.shape[1], X.shape[0] * X.shape[2], dtype=np.int64)
+        else:
+            valid = (X >= 0).sum(axis=2)
+            out.kmax[ph] = int(valid.max())
+            out.requests[ph] = valid.sum(axis=0).astype(np.int64)
         req = Requests(X, offsets, n_items, spec.service)
         out.hits[ph] = simulate(req, spec.policies, slots, spec.start)
     return out

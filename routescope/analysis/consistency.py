@@ -102,7 +102,7 @@ def _arrays(
     X, offsets = phase_requests(chunk, phase)
     if seed is not None:
         order = shuffle_order(offsets, np.asarray(chunk.seq_ids, dtype=np.int64), seed)
-        X = np.ascontiguousarray(X[order])
+        X = K.select_rows(X, order)
     bounds = Requests(X, offsets, chunk.num_experts).chunks
     return X, offsets, bounds, chunk.num_experts
 

@@ -32,7 +32,7 @@ Register a policy with the decorator (or `register(CachePolicy(...))` for a tabl
         return np.cumsum(hist[:, 1:], axis=1)[:, slots - 1]
 
 `simulate(req, slots, param)` gets one chunk of whole sequences (`Requests`: request arrays
-``X int32[rows, layers, K]`` padded with -1, sequence `offsets`, the number of distinct items and
+``X int16/int32[rows, layers, K]`` padded with -1, sequence `offsets`, the number of distinct items and
 the service) and returns cold-start hits per layer at each size in `slots`, summed over the
 chunk's sequences; each sequence's cache starts empty, so counts add over chunks and the result is
 exact however the run is cut. `param` is the pattern's integer (0 for plain names). Warm start is
@@ -70,7 +70,7 @@ _PATTERN = re.compile(r"^(?P<prefix>[a-z0-9][a-z0-9_-]*?)<(?P<param>[A-Za-z]+)>$
 class Requests:
     """One chunk's requests, as the kernels take them.
 
-    X: int32[rows, layers, K] (request sets in order, -1 = padding); offsets: int64[S+1] (the
+    X: int16/int32[rows, layers, K] (request sets in order, -1 = padding); offsets: int64[S+1] (the
     rows of each sequence; a sequence's cache starts empty); n_items: distinct item ids (E per
     layer, or E·#layers for the pooled global cache); service: a key of `SERVICES`.
     """

@@ -110,21 +110,24 @@ def _placement(
 def _fill(
     parts: list[np.ndarray] | None, place: Placement, n_tok: int, n_lay: int, k: int
 ) -> np.ndarray | None:
-    """[n_tok, n_lay, k] from the route rows' values (per Arrow chunk, in row order)."""
+    """[n_tok, n_lay, k] from the route rows' values (per Arrow chunk, in row order); rows
+    stored layer by layer give a view of a [n_lay, n_tok, k] array (no transposing copy)."""
     if parts is None:
         return None
     dtype = parts[0].dtype if parts else np.int16
-    out = np.empty((n_tok, n_lay, k), dtype=dtype)
     kind, plan = place
-    if kind == "layer":  # copy each chunk's slice of each layer block, no gather
+    if kind == "layer":  # each chunk's slice of each layer block copied whole, no gather
+        by_layer = np.empty((n_lay, n_tok, k), dtype=dtype)
         row = 0
         for part in parts:
             a, b = row, row + len(part)
             for blk in range(a // n_tok, (b - 1) // n_tok + 1):
                 lo, hi = max(a, blk * n_tok), min(b, (blk + 1) * n_tok)
-                out[lo - blk * n_tok : hi - blk * n_tok, plan[blk]] = part[lo - a : hi - a]
+                by_layer[plan[blk], lo - blk * n_tok : hi - blk * n_tok] = part[lo - a : hi - a]
             row = b
-        return out
+        # [N, L, k] as a view: laid out layer by layer, as the kernels walk it
+        return by_layer.transpose(1, 0, 2)
+    out = np.empty((n_tok, n_lay, k), dtype=dtype)
     values = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if kind == "token":
         out[:, plan] = values.reshape(n_tok, n_lay, k)
