@@ -4,9 +4,10 @@ A synthetic run (16 MoE layers, top-8 of 64, 2,048 sequences of 512 tokens; `ben
 is written to a DuckDB file; `streamlit run app/main.py` (the command `routescope app` runs) serves
 it; headless Chromium, driven over the DevTools protocol, opens each page of the app's page table
 (app/pages.py) and waits until it has settled: its title and charts drawn, no script running, no
-spinner or progress bar, and still so half a second later. Three passes:
+spinner or progress bar, and still so half a second later. Four passes:
 - first view: a fresh server and an empty results memo (every analysis computed, with progress);
-- repeat view: the same pages again in the same server (its caches);
+- repeat view: each page's URL loaded again in the same server (a new session; its caches);
+- in-app: the same pages reached by clicking the sidebar in one open session;
 - fresh server: a new server process over the same file, whose results memo now holds every
   result (what a second user, or the CLI's results, gives).
 The server's peak resident memory is its VmHWM (/proc) at the end of each server's life.
@@ -176,13 +177,22 @@ class Browser:
         self.cdp.call("Page.enable")
         self.cdp.call("Runtime.enable")
 
-    def view(self, url: str, page: manifest.Page) -> tuple[float, float, str | None]:
-        """Open url; (seconds until the page settled, seconds until its first chart, table or
-        metric showed, error text or None)."""
+    def view(
+        self, url: str, page: manifest.Page, in_app: bool = False
+    ) -> tuple[float, float, str | None]:
+        """Open the page: load url (a new session), or with `in_app` click its sidebar link in
+        the session already open. (seconds until the page settled, seconds until its first
+        chart, table or metric showed, error text or None)."""
         test = READY.format(title=json.dumps(page.title), shown=SHOWN.get(page.key, "true"))
         t0 = time.perf_counter()
         first = float("nan")
-        self.cdp.call("Page.navigate", url=url)
+        if in_app:
+            link = f'[data-testid="stSidebarNavLink"][href$="/{page.url_path}"]'
+            if not self.cdp.js(f"(() => {{ const a = document.querySelector('{link}');"
+                               " if (a) a.click(); return !!a; })()"):  # fmt: skip
+                return 0.0, first, f"no sidebar link to /{page.url_path}"
+        else:
+            self.cdp.call("Page.navigate", url=url)
         deadline = t0 + PAGE_TIMEOUT
         while time.perf_counter() < deadline:
             state = self.cdp.js(test) or {}
@@ -267,9 +277,15 @@ class Pass:
 
 
 def view_all(
-    browser: Browser, server: Server, name: str, keys: list[str], skip: Pass | None = None
+    browser: Browser,
+    server: Server,
+    name: str,
+    keys: list[str],
+    skip: Pass | None = None,
+    in_app: bool = False,
 ) -> Pass:
-    """View each page once; pages that did not settle in `skip` (an earlier pass) are left out."""
+    """View each page once (loading its URL, or with `in_app` through the sidebar); pages that
+    did not settle in `skip` (an earlier pass) are left out."""
     out = Pass(name)
     for key in keys:
         page = manifest.page(key)
@@ -278,7 +294,7 @@ def view_all(
             out.rss_after[key] = out.peak_after[key] = float("nan")
             out.errors[key] = "left out (did not settle in the first pass)"
             continue
-        seconds, first, error = browser.view(f"{server.base}/{page.url_path}", page)
+        seconds, first, error = browser.view(f"{server.base}/{page.url_path}", page, in_app)
         out.seconds[key] = seconds
         out.first_content[key] = first
         out.rss_after[key] = server.rss_mib()
@@ -346,7 +362,7 @@ def report(
     built: str,
     tokens: int,
 ) -> str:
-    first, repeat, fresh = passes
+    first, repeat, in_app, fresh = passes
     ok = lambda p, k, limit: (  # noqa: E731
         ("—" if p.errors[k].startswith("left out") else "**no**")
         if k in p.errors
@@ -362,11 +378,16 @@ def report(
         "Each page opened in headless Chromium (DevTools protocol) until settled: title and charts "
         "drawn, no script running, no spinner or progress bar, still so 0.5 s later (time to the "
         "first such moment). Pages with their default choices (first sequence, middle layer, "
-        "default segment lengths and policies, first label against the rest).",
+        "default segment lengths and policies, first label against the rest). Passes: *first "
+        "view* (a new server, an empty results memo: every analysis computed, streamed from the "
+        "store, with progress); *repeat view* (the page's URL loaded again: a new browser "
+        "session on the same server); *in-app* (the same pages reached through the sidebar in "
+        "one session, as a user moves between them); *fresh server* (a new server process whose "
+        "memo holds every result, as after `routescope analyze …` with the pages' defaults).",
         "",
-        "| page | first view s | its first chart or table s | repeat view s | fresh server, "
-        "results in the memo s | first ≤ 20 s | repeat ≤ 2 s |",
-        "|---|---:|---:|---:|---:|:---:|:---:|",
+        "| page | first view s | its first chart or table s | repeat view s | repeat, in-app "
+        "navigation s | fresh server, results in the memo s | first ≤ 20 s | repeat ≤ 2 s |",
+        "|---|---:|---:|---:|---:|---:|:---:|:---:|",
     ]
     for k in keys:
         cells = [cell(p, k) for p in passes]
@@ -374,7 +395,7 @@ def report(
                      f"{first.first_content[k]:.2f}")  # fmt: skip
         lines.append(
             f"| {manifest.page(k).title} | {' | '.join(cells)} | {ok(first, k, 20)} | "
-            f"{ok(repeat, k, 2)} |"
+            f"{ok(repeat, k, 2)} / {ok(in_app, k, 2)} |"
         )
     lines += [
         "",
@@ -431,7 +452,11 @@ def main() -> None:
             server = Server(db, work)
             try:
                 first = view_all(browser, server, "first", keys)
-                passes = [first, view_all(browser, server, "repeat", keys, skip=first)]
+                passes = [
+                    first,
+                    view_all(browser, server, "repeat", keys, skip=first),
+                    view_all(browser, server, "in-app", keys, skip=first, in_app=True),
+                ]
             finally:
                 peaks.append(server.stop())
             server = Server(db, work)
