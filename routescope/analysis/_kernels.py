@@ -65,6 +65,15 @@ def _win_add(X, row, layer, win, sign):
             win[e] += sign
 
 
+@njit(cache=True, inline="always")
+def _refresh_row(X, row, layer, pos, sk, policy, boost, t, last, cnt, win, mark, nu):
+    """Recompute the cached key of each stacked item requested at `row` (its key changed)."""
+    for j in range(X.shape[2]):
+        e = X[row, layer, j]
+        if e >= 0 and pos[e] >= 0:
+            sk[pos[e]] = _key(e, policy, boost, t, last, cnt, win, mark, nu)
+
+
 @njit(cache=True, parallel=True)
 def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
     """One pass of a stack (priority) algorithm: hit depths for every capacity at once.
@@ -73,6 +82,12 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
     requests that hit in every cache of capacity >= d (d = 0: a miss at every capacity);
     distinct[l, D] counts sequences with D distinct requested items (for warm start).
     Under TOKEN and SIMULTANEOUS service a request's depth is taken before its token is served.
+
+    Each stacked item's priority key is cached beside it (sk). A key changes when its item is
+    served, and, for lookahead or simultaneous service, at token boundaries for the items of the
+    tokens entering or leaving the window or the current token: those few are refreshed through
+    `pos` (each item's stack position) at the start of each token, so the walk down the stack
+    only reads cached keys.
     """
     X = Y.transpose(1, 0, 2)  # [N, nL, K] view of [nL, N, K]: a layer's rows are contiguous
     n_rows, n_layers, kk = X.shape
@@ -85,13 +100,14 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
     for s in range(len(offsets) - 1):
         max_len = max(max_len, offsets[s + 1] - offsets[s])
     boost = service == SIMULTANEOUS
-    # keys that change only when their item is served can be cached beside the stack
-    cached = policy != LOOKAHEAD and service != SIMULTANEOUS
+    # keys that also change at token boundaries: track stack positions to refresh them
+    track = policy == LOOKAHEAD or service == SIMULTANEOUS
     for task in prange(n_tasks):
         layer = task // n_chunks
         ch = task % n_chunks
         stack = np.empty(n_items, dtype=np.int64)
         sk = np.empty(n_items, dtype=np.int64)
+        pos = np.full(n_items, -1, dtype=np.int64)
         last = np.zeros(n_items, dtype=np.int64)
         cnt = np.zeros(n_items, dtype=np.int64)
         win = np.zeros(n_items, dtype=np.int64)
@@ -112,6 +128,7 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
                 mark[e] = -1
                 nu[e] = _INF
                 seen[e] = -1
+                pos[e] = -1
             if policy >= BELADY:  # next request index of every request (flattened t*K + j)
                 for i in range(T * kk - 1, -1, -1):
                     e = X[a + i // kk, layer, i % kk]
@@ -150,6 +167,15 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
                             cnt[e] += 1
                             if policy >= BELADY:
                                 nu[e] = nxt[t * kk + j]
+                if track and t > 0:  # keys that changed with the token boundary
+                    _refresh_row(X, row - 1, layer, pos, sk, policy, boost, t, last, cnt, win,
+                                 mark, nu)  # fmt: skip
+                    if policy == LOOKAHEAD and t + window - 1 < T:
+                        _refresh_row(X, row + window - 1, layer, pos, sk, policy, boost, t, last,
+                                     cnt, win, mark, nu)  # fmt: skip
+                    if boost:
+                        _refresh_row(X, row, layer, pos, sk, policy, boost, t, last, cnt, win,
+                                     mark, nu)  # fmt: skip
                 for j in range(kk):
                     e = X[row, layer, j]
                     if e < 0:
@@ -160,12 +186,13 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
                         cnt[e] += 1
                         if policy >= BELADY:
                             nu[e] = nxt[t * kk + j]
-                    # one pass finds e (depth d) and pushes the displaced items down the stack;
-                    # sk[i] caches the key of stack[i] where keys change only when served
+                    # one pass finds e (depth d) and pushes the displaced items down the stack
                     ke = _key(e, policy, boost, t, last, cnt, win, mark, nu)
                     if m == 0:
                         stack[0] = e
                         sk[0] = ke
+                        if track:
+                            pos[e] = 0
                         m = 1
                         d = -1
                     elif stack[0] == e:
@@ -178,13 +205,11 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
                             start = 0
                         else:  # e is admitted: on top
                             carry = stack[0]
-                            kc = (
-                                sk[0]
-                                if cached
-                                else _key(carry, policy, boost, t, last, cnt, win, mark, nu)
-                            )
+                            kc = sk[0]
                             stack[0] = e
                             sk[0] = ke
+                            if track:
+                                pos[e] = 0
                             start = 1
                         d = -1
                         for i in range(start, m):
@@ -192,22 +217,20 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
                             if y == e:
                                 d = i
                                 break
-                            ky = (
-                                sk[i]
-                                if cached
-                                else _key(y, policy, boost, t, last, cnt, win, mark, nu)
-                            )
+                            ky = sk[i]
                             if ky < kc:  # y leaves the cache of size i+1; carry stays
                                 stack[i] = carry
                                 sk[i] = kc
+                                if track:
+                                    pos[carry] = i
                                 carry = y
                                 kc = ky
-                        if d >= 0:
-                            stack[d] = carry
-                            sk[d] = kc
-                        else:
-                            stack[m] = carry
-                            sk[m] = kc
+                        at = d if d >= 0 else m  # where e was, or a new bottom level
+                        stack[at] = carry
+                        sk[at] = kc
+                        if track:
+                            pos[carry] = at
+                        if d < 0:
                             m += 1
                     if service == STREAM:
                         reqs[task] += 1

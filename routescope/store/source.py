@@ -10,6 +10,7 @@ one chunk, whatever the run's length.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -136,6 +137,32 @@ def _fill(
     return out
 
 
+#: DuckDB keeps the blocks its queries read cached up to its memory limit (80% of RAM by
+#: default), so a run streamed through one connection would end up resident. On the read-only
+#: connections a source reads through, that limit is lowered to this many bytes (never raised):
+#: a chunk's query needs a few hundred MB; the rest is read again from the OS's file cache.
+READ_MEMORY_LIMIT = 512 << 20
+_BYTE_UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_BYTE_UNITS |= {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def cap_read_memory(con: duckdb.DuckDBPyConnection, limit: int = READ_MEMORY_LIMIT) -> None:
+    """Lower a read-only connection's DuckDB memory limit to `limit` bytes (see
+    READ_MEMORY_LIMIT); writable connections and smaller limits are left alone."""
+    try:
+        value, mode = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('access_mode')"
+        ).fetchall()[0]
+    except duckdb.Error:
+        return
+    found = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]+)\s*", str(value))
+    if str(mode).lower() != "read_only" or found is None:
+        return
+    current = float(found.group(1)) * _BYTE_UNITS.get(found.group(2), 0)
+    if current > limit:
+        con.execute(f"SET memory_limit = '{limit // (1 << 20)}MiB'")
+
+
 def _objects(col: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(col.to_pylist(), dtype=object)
 
@@ -161,6 +188,8 @@ class StoreSource:
         self._seq_filter = None if seq_ids is None else [int(x) for x in seq_ids]
         self.run_id = run_id
         con = self._get_con()
+        cap_read_memory(con)
+        self._capped = con
         self.phase = check_phase(phase)
         self.labels = None if labels is None else [str(x) for x in labels]
         rows = con.execute(
@@ -324,6 +353,9 @@ class StoreSource:
         n_tok = int(lengths.sum())
         if len(ids) == 0:
             return self._trace(start, stop, sel, np.zeros((0, n_lay, k), np.int16), None, {})
+        if self.con is not self._capped:  # the store reopened its connection
+            cap_read_memory(self.con)
+            self._capped = self.con
         params: dict[str, Any] = {"run": self.run_id, "lo": int(ids[0]), "hi": int(ids[-1])}
         # ids are sorted: a contiguous range needs no list of them (a label selection does)
         contiguous = int(ids[-1]) - int(ids[0]) + 1 == len(ids)

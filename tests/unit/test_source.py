@@ -136,6 +136,44 @@ def test_store_chunks_equal_the_written_run(store_path, max_rows, phase, labels,
     assert src.info.num_tokens == len(want["phase"])
 
 
+def test_chunks_without_weights_hold_the_same_experts(store_path):
+    with RoutingStore(store_path, read_only=True) as store:
+        src = store.source("run-a")
+        for layers in (None, [3, 0]):
+            with_w = list(src.chunks(layers=layers, max_rows=25))
+            without = list(src.chunks(layers=layers, max_rows=25, with_weights=False))
+            assert all(c.weights is None for c in without)
+            assert all(c.weights is not None for c in with_w)
+            for a, b in zip(with_w, without, strict=True):
+                assert np.array_equal(a.experts, b.experts)
+                assert np.array_equal(a.token_ids, b.token_ids)
+    mem = list(InMemorySource(_trace_of(store_path)).chunks(with_weights=False))
+    assert all(c.weights is None for c in mem)
+
+
+def _trace_of(path: str) -> Trace:
+    with RoutingStore(path, read_only=True) as store:
+        return store.load_trace("run-a")
+
+
+def test_a_source_caps_duckdb_memory_on_read_only_connections(store_path, tmp_path):
+    def limit(store: RoutingStore) -> str:
+        return store.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+    with RoutingStore(store_path, read_only=True) as store:
+        store.con.execute("SET memory_limit = '8GiB'")
+        store.source("run-a")
+        assert limit(store) == "512.0 MiB"  # blocks read are not all kept cached
+        store.con.execute("SET memory_limit = '100MiB'")
+        store.source("run-a")
+        assert limit(store) == "100.0 MiB"  # never raised
+    with RoutingStore(tmp_path / "w.duckdb") as writable:
+        new_run(writable)
+        writable.con.execute("SET memory_limit = '8GiB'")
+        writable.source("run-a")
+        assert limit(writable) == "8.0 GiB"  # a writer (clustering sorts) keeps its own
+
+
 def test_in_memory_source_chunks_equal_the_trace(store_path):
     with RoutingStore(store_path, read_only=True) as store:
         trace = store.load_trace("run-a")
