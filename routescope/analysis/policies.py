@@ -44,7 +44,6 @@ Lookups of unknown names fail with one line that lists every valid name.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -53,6 +52,7 @@ import numpy as np
 
 from routescope.analysis import _kernels as K
 from routescope.core.errors import InvalidParameterError
+from routescope.core.registry import Named, Registry
 
 #: Service models (DESIGN §4.2) and their kernel codes.
 SERVICES: dict[str, int] = {"stream": K.STREAM, "token": K.TOKEN, "simultaneous": K.SIMULTANEOUS}
@@ -62,8 +62,6 @@ KERNELS = ("stack", "per-capacity", "counts")
 #: Admission: `demand` = every miss is admitted; `bypass` = a miss may be served without admission;
 #: `none` = the cache is preloaded and never changes.
 ADMISSIONS = ("demand", "bypass", "none")
-
-_PATTERN = re.compile(r"^(?P<prefix>[a-z0-9][a-z0-9_-]*?)<(?P<param>[A-Za-z]+)>$")
 
 
 @dataclass(frozen=True)
@@ -101,8 +99,9 @@ Simulator = Callable[[Requests, np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
-class CachePolicy:
-    """One registered policy (see the module docstring for the fields' meaning)."""
+class CachePolicy(Named):
+    """One registered policy (see the module docstring for the fields' meaning; the name and its
+    pattern parameter are `routescope.core.registry.Named`'s)."""
 
     name: str
     kernel: str
@@ -122,42 +121,12 @@ class CachePolicy:
         bad = [s for s in self.services if s not in SERVICES]
         if bad or not self.services:
             raise ValueError(f"policy {self.name}: services must be among {tuple(SERVICES)}")
-        if "<" in self.name and not _PATTERN.match(self.name):
-            raise ValueError(f"policy pattern {self.name!r} must look like 'prefix-<N>'")
-
-    @property
-    def is_pattern(self) -> bool:
-        return "<" in self.name
-
-    @property
-    def prefix(self) -> str:
-        """The name before the parameter ('lookahead-' of 'lookahead-<L>'); the name otherwise."""
-        m = _PATTERN.match(self.name)
-        return m.group("prefix") if m else self.name
-
-    @property
-    def param_name(self) -> str | None:
-        m = _PATTERN.match(self.name)
-        return m.group("param") if m else None
-
-    @property
-    def default_name(self) -> str:
-        """The concrete name used in the default set and examples ('lookahead-16')."""
-        return f"{self.prefix}{self.example}" if self.is_pattern else self.name
+        self.check_name("policy")
 
     @property
     def warm_fill(self) -> bool:
         """Warm start adds min(C, distinct items) per sequence (policies that admit)."""
         return self.admission != "none"
-
-    def match(self, name: str) -> int | None:
-        """The parameter if `name` is this policy (0 for plain names), else None."""
-        if not self.is_pattern:
-            return 0 if name == self.name else None
-        rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
-        if rest.isdigit() and int(rest) >= self.param_min:
-            return int(rest)
-        return None
 
     def allows(self, service: str) -> bool:
         return service in self.services
@@ -170,25 +139,13 @@ class CachePolicy:
                 f"drop it for {service}"
             )
 
-    def label(self) -> str:
-        """'lookahead-<L> (L >= 1)' or the plain name: how lists of valid names spell it."""
-        if self.is_pattern:
-            return f"{self.name} ({self.param_name} >= {self.param_min})"
-        return self.name
 
-
-_REGISTRY: dict[str, CachePolicy] = {}
+_REGISTRY: Registry[CachePolicy] = Registry("cache policy")
 
 
 def register(policy: CachePolicy) -> CachePolicy:
     """Add a policy to the table (a name may be registered once)."""
-    if policy.name in _REGISTRY:
-        raise ValueError(f"cache policy {policy.name!r} is already registered")
-    clash = [p.name for p in _REGISTRY.values() if p.match(policy.default_name) is not None]
-    if clash:
-        raise ValueError(f"cache policy {policy.name!r} clashes with {clash[0]!r}")
-    _REGISTRY[policy.name] = policy
-    return policy
+    return _REGISTRY.register(policy)
 
 
 def register_policy(
@@ -203,45 +160,35 @@ def register_policy(
     param_min: int = 1,
 ) -> Callable[[Simulator], Simulator]:
     """Decorator: register the decorated simulate function as policy `name`."""
-
-    def deco(fn: Simulator) -> Simulator:
-        register(
-            CachePolicy(
-                name=name,
-                kernel=kernel,
-                simulate=fn,
-                description=description,
-                services=tuple(services),
-                admission=admission,
-                default=default,
-                example=example,
-                param_min=param_min,
-            )
+    return _REGISTRY.decorator(
+        lambda fn: CachePolicy(
+            name=name,
+            kernel=kernel,
+            simulate=fn,
+            description=description,
+            services=tuple(services),
+            admission=admission,
+            default=default,
+            example=example,
+            param_min=param_min,
         )
-        return fn
-
-    return deco
+    )
 
 
 def registered() -> list[CachePolicy]:
     """Every policy, in registration order."""
-    return list(_REGISTRY.values())
+    return _REGISTRY.entries()
 
 
 def valid_names() -> str:
     """'lru, lfu, …, lookahead-<L> (L >= 1), …': the names, as errors and help list them."""
-    return ", ".join(p.label() for p in _REGISTRY.values())
+    return _REGISTRY.valid_names()
 
 
 def get_policy(name: str) -> tuple[CachePolicy, int]:
     """(policy, parameter) for a policy name such as 'lru' or 'lookahead-16'; one clear error
     listing the valid names otherwise."""
-    key = name.strip().lower()
-    for policy in _REGISTRY.values():
-        param = policy.match(key)
-        if param is not None:
-            return policy, param
-    raise InvalidParameterError(f"unknown cache policy {name!r}; use one of {valid_names()}")
+    return _REGISTRY.lookup(name)
 
 
 def default_policies() -> tuple[str, ...]:

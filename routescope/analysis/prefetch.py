@@ -34,7 +34,6 @@ sequences; partials are integer sums of hits, predicted experts, covered and eva
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,6 +51,7 @@ from routescope.analysis.streaming import (
     run_reduction,
 )
 from routescope.core.errors import InvalidParameterError
+from routescope.core.registry import Named, Registry
 from routescope.core.source import DEFAULT_CHUNK_ROWS, SourceInfo, TraceSource, as_source
 from routescope.core.trace import PHASES, Trace
 
@@ -66,8 +66,6 @@ PHASE_CHOICES = ("split", "all", *PHASES)
 EVALUATE = ("auto", "heldout", "all")
 DEFAULT_TRAIN_SPLIT = 0.5
 RECORD_HINT = "record them with `routescope collect … --speculative D`"
-
-_PATTERN = re.compile(r"^(?P<prefix>[a-z0-9][a-z0-9_-]*?)<(?P<param>[A-Za-z]+)>$")
 
 #: predict(chunk, spec, width, fitted) -> int32[N, L, width], expert ids in rank order, -1 = none
 PredictFn = Callable[[Trace, "PredictorSpec", int, "TransitionFit | None"], np.ndarray]
@@ -103,14 +101,14 @@ def is_train(seq_ids: np.ndarray, train_split: float) -> np.ndarray:
 
 # ---- the predictor registry ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Predictor:
+class Predictor(Named):
     """One registered predictor (see the module docstring for each built-in one).
 
-    name: a name or a pattern `prefix-<P>` (P an integer >= param_min); needs: a key of NEEDS;
-    distance_param: the pattern's integer is the distance d, and the bare prefix name runs at every
-    asked distance; same_token: the prediction uses the same token's state, so a prefetch can be
-    issued no earlier than the token's first MoE layer (speculative, transition); example: the
-    parameter in the default set and examples.
+    name: a name or a pattern `prefix-<P>` (P an integer >= param_min; `routescope.core.registry.
+    Named`); needs: a key of NEEDS; distance_param: the pattern's integer is the distance d, and
+    the bare prefix name runs at every asked distance; same_token: the prediction uses the same
+    token's state, so a prefetch can be issued no earlier than the token's first MoE layer
+    (speculative, transition); example: the parameter in the default set and examples.
     """
 
     name: str
@@ -126,61 +124,30 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.needs not in NEEDS:
             raise ValueError(f"predictor {self.name}: needs must be one of {tuple(NEEDS)}")
-        if "<" in self.name and not _PATTERN.match(self.name):
-            raise ValueError(f"predictor pattern {self.name!r} must look like 'prefix-<N>'")
-
-    @property
-    def is_pattern(self) -> bool:
-        return "<" in self.name
-
-    @property
-    def prefix(self) -> str:
-        m = _PATTERN.match(self.name)
-        return m.group("prefix") if m else self.name
-
-    @property
-    def param_name(self) -> str | None:
-        m = _PATTERN.match(self.name)
-        return m.group("param") if m else None
+        self.check_name("predictor")
 
     @property
     def default_name(self) -> str:
         """The name in the default set: the bare prefix for distance predictors ('speculative'),
         'window-8' for other patterns, the name otherwise."""
-        if not self.is_pattern:
-            return self.name
-        return self.prefix.rstrip("-") if self.distance_param else f"{self.prefix}{self.example}"
+        if self.is_pattern and self.distance_param:
+            return self.prefix.rstrip("-")
+        return super().default_name
 
     def match(self, name: str) -> int | None:
         """The parameter if `name` is this predictor (0: a bare distance name, or a plain
         name), else None."""
-        if not self.is_pattern:
-            return 0 if name == self.name else None
-        if self.distance_param and name == self.prefix.rstrip("-"):
+        if self.is_pattern and self.distance_param and name == self.prefix.rstrip("-"):
             return 0
-        rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
-        if rest.isdigit() and int(rest) >= self.param_min:
-            return int(rest)
-        return None
-
-    def label(self) -> str:
-        if self.is_pattern:
-            return f"{self.name} ({self.param_name} >= {self.param_min})"
-        return self.name
+        return super().match(name)
 
 
-_REGISTRY: dict[str, Predictor] = {}
+_REGISTRY: Registry[Predictor] = Registry("predictor")
 
 
 def register(predictor: Predictor) -> Predictor:
     """Add a predictor to the table (a name may be registered once)."""
-    if predictor.name in _REGISTRY:
-        raise ValueError(f"predictor {predictor.name!r} is already registered")
-    clash = [p.name for p in _REGISTRY.values() if p.match(predictor.default_name) is not None]
-    if clash:
-        raise ValueError(f"predictor {predictor.name!r} clashes with {clash[0]!r}")
-    _REGISTRY[predictor.name] = predictor
-    return predictor
+    return _REGISTRY.register(predictor)
 
 
 def register_predictor(
@@ -195,45 +162,35 @@ def register_predictor(
     same_token: bool = False,
 ) -> Callable[[PredictFn], PredictFn]:
     """Decorator: register the decorated predict function as predictor `name`."""
-
-    def deco(fn: PredictFn) -> PredictFn:
-        register(
-            Predictor(
-                name=name,
-                description=description,
-                needs=needs,
-                predict=fn,
-                default=default,
-                example=example,
-                param_min=param_min,
-                distance_param=distance_param,
-                same_token=same_token,
-            )
+    return _REGISTRY.decorator(
+        lambda fn: Predictor(
+            name=name,
+            description=description,
+            needs=needs,
+            predict=fn,
+            default=default,
+            example=example,
+            param_min=param_min,
+            distance_param=distance_param,
+            same_token=same_token,
         )
-        return fn
-
-    return deco
+    )
 
 
 def registered() -> list[Predictor]:
     """Every predictor, in registration order."""
-    return list(_REGISTRY.values())
+    return _REGISTRY.entries()
 
 
 def valid_names() -> str:
     """The names as errors and help list them."""
-    return ", ".join(p.label() for p in _REGISTRY.values())
+    return _REGISTRY.valid_names()
 
 
 def get_predictor(name: str) -> tuple[Predictor, int]:
     """(predictor, parameter) for a name such as 'window-8' or 'speculative-2'; one clear error
     listing the valid names otherwise."""
-    key = name.strip().lower()
-    for pred in _REGISTRY.values():
-        param = pred.match(key)
-        if param is not None:
-            return pred, param
-    raise InvalidParameterError(f"unknown predictor {name!r}; use one of {valid_names()}")
+    return _REGISTRY.lookup(name)
 
 
 def default_predictors(info: SourceInfo | None = None) -> tuple[str, ...]:

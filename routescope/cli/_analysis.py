@@ -1,14 +1,36 @@
 """What the analysis commands share: --ray/--address and the executor they give, progress bars
-of route rows that appear only when something is computed, and the run as a source."""
+of route rows that appear only when something is computed, the run as a source, and a session
+(`analysis_session`) that opens the store, resolves the run and computes through the results memo,
+then writes the --plot figure and the --json output.
+
+A command over one run is::
+
+    with analysis_session(db, run, use_ray=use_ray, address=address, quiet=quiet or as_json) as s:
+        df = s.memo(ca.cache_hit_rates, "cache policies", **params)
+    s.output(df, params, as_json=as_json, plot=plot, figure="figures_locality:cache_figure",
+             title=f"Expert-cache hit rate — run {s.run_id}", table=lambda: print_cache(df))
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from routescope.cli._format import json_rows
 from routescope.core.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from routescope.analysis.streaming import Executor
+    from routescope.core.source import TraceSource
+    from routescope.store.store import RoutingStore
 
 RAY_HELP = "Run the analysis as Ray tasks (a local Ray unless --address)."
 ADDRESS_HELP = "With --ray: address of a running Ray cluster ('auto', 'ray://host:10001')."
@@ -89,7 +111,7 @@ def analysis_executor(use_ray: bool, address: str | None, quiet: bool) -> Iterat
             ray.shutdown()
 
 
-def run_fingerprint(store: Any, run_id: str, source: Any) -> list[Any]:
+def run_fingerprint(store: RoutingStore, run_id: str, source: TraceSource) -> list[Any]:
     """What identifies a run's contents for a memo entry kept under another run (whose writes
     alone clear it): id, creation time, sequences and tokens read."""
     created = store.run_info(run_id).get("created_at")
@@ -97,11 +119,11 @@ def run_fingerprint(store: Any, run_id: str, source: Any) -> list[Any]:
 
 
 def source_loader(
-    store: Any, run_id: str, phase: str, labels: list[str] | None
-) -> Callable[[], Any]:
+    store: RoutingStore, run_id: str, phase: str, labels: list[str] | None
+) -> Callable[[], TraceSource]:
     """The run as a `TraceSource`, made only when a result is not in the memo."""
 
-    def source() -> Any:
+    def source() -> TraceSource:
         return store.source(run_id, phase=phase, labels=labels)
 
     return source
@@ -128,3 +150,90 @@ class RowProgress:
         bar = LazyBar(self.console, what)
         self._bars.append(bar)
         return bar
+
+
+@dataclass
+class AnalysisSession:
+    """One analysis command's store, resolved run, executor and progress bars (see
+    `analysis_session`); `err` prints status lines to stderr (silent when quiet)."""
+
+    store: RoutingStore
+    run_id: str
+    executor: Executor | None
+    bars: RowProgress
+
+    @property
+    def err(self) -> Console:
+        return self.bars.console
+
+    def memo(self, fn: Callable[..., Any], what: str, *, read: str = "all", **params: Any) -> Any:
+        """`fn(source, **params)` from the store's memo when computed before (keyed by fn and
+        `params`), else streamed over the run with a progress bar titled `what`. The source is
+        the run's `read` phase ('all': the analysis splits phases itself) and `params["labels"]`."""
+        source = source_loader(self.store, self.run_id, read, params.get("labels"))
+        return self.store.memo_analysis(
+            self.run_id,
+            fn,
+            source,
+            progress=self.bars.task(what),
+            executor=self.executor,
+            **params,
+        )
+
+    def plot(self, figure: Callable[[], Any], path: Path) -> None:
+        """Write `figure()` (a plotly figure) to `path` (.html, or .png) and say so."""
+        from routescope.analysis.figures_locality import write_figure
+
+        write_figure(figure(), path)
+        self.err.print(f"wrote {path}")
+
+    def output(
+        self,
+        rows: Any,
+        params: dict[str, Any],
+        *,
+        as_json: bool,
+        plot: Path | None,
+        figure: str,
+        title: str,
+        table: Callable[[], None],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """What a one-frame analysis command prints: --plot writes `figure` ('module:function'
+        of `routescope.analysis`, called as function(rows, title=title), imported only then);
+        then --json prints {run_id, **params, **extra, rows}, else `table()` prints tables."""
+        if plot is not None:
+            module, _, name = figure.partition(":")
+
+            def make() -> Any:
+                fn = getattr(importlib.import_module(f"routescope.analysis.{module}"), name)
+                return fn(rows, title=title)
+
+            self.plot(make, plot)
+        if as_json:
+            echo_json({"run_id": self.run_id, **params, **(extra or {}), "rows": json_rows(rows)})
+        else:
+            table()
+
+
+@contextmanager
+def analysis_session(
+    db: str, run: str, *, use_ray: bool, address: str | None, quiet: bool
+) -> Iterator[AnalysisSession]:
+    """The store (read-only) with `run` resolved, the executor of --ray/--address and progress
+    bars (none when `quiet`), kept open for the `with` block."""
+    from routescope.store import RoutingStore
+
+    with (
+        RoutingStore(db, read_only=True) as store,
+        analysis_executor(use_ray, address, quiet) as executor,
+        RowProgress(not quiet) as bars,
+    ):
+        yield AnalysisSession(store, store.resolve_run(run), executor, bars)
+
+
+def echo_json(out: dict[str, Any]) -> None:
+    """The --json output: one indented JSON document on stdout."""
+    import typer
+
+    typer.echo(json.dumps(out, indent=2))

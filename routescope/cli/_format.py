@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from routescope.core.errors import InvalidParameterError
@@ -30,6 +31,24 @@ def parse_int_list(text: str, what: str) -> list[int]:
     if not out:
         raise InvalidParameterError(f"no {what} given; use integers like 1,2,4 or 1-64")
     return sorted(out)
+
+
+def parse_names(text: str | None, what: str, example: str = "a,b") -> list[str] | None:
+    """'a,b' -> ['a', 'b'] (None for no option); one clear error for an empty list."""
+    if text is None:
+        return None
+    names = [p.strip().lower() for p in text.split(",") if p.strip()]
+    if not names:
+        raise InvalidParameterError(f"no {what} given; e.g. --{what} {example}")
+    return names
+
+
+def check_choice(value: str, allowed: Iterable[str], what: str) -> str:
+    """`value` when it is one of `allowed`; else one clear error listing them."""
+    choices = tuple(allowed)
+    if value not in choices:
+        raise InvalidParameterError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+    return value
 
 
 def fmt(x: Any, digits: int = 3) -> str:

@@ -18,17 +18,9 @@ import typer
 
 from routescope.analysis import offload as ol
 from routescope.analysis import prefetch as pf
-from routescope.cli._analysis import (
-    ADDRESS_HELP,
-    RAY_HELP,
-    RowProgress,
-    analysis_executor,
-    source_loader,
-)
+from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, analysis_session
 from routescope.cli._app import DEFAULT_DB, app
-from routescope.cli._format import json_rows, parse_int_list
-from routescope.cli.analyze.prefetch import parse_names
-from routescope.core.errors import InvalidParameterError
+from routescope.cli._format import check_choice, parse_int_list, parse_names
 
 simulate_app = typer.Typer(help="What-if simulations over a collected run.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
@@ -157,36 +149,30 @@ def offload_cmd(
     """Offloading what-if: per-layer expert caches under each policy, prefetch by each predictor,
     one host-to-device link; tokens/s against GPU memory with the all-resident and no-cache
     limits."""
-    from rich.console import Console
-
-    pols = parse_names(policies, "policies") or []
+    pols = parse_names(policies, "policies", "lru,belady") or []
     ol.check_policies(pols)
-    names = parse_names(predictors, "predictors")
-    if names is not None:
-        for n in names:
-            if n != "none":
-                pf.get_predictor(n)
-    if phase not in ol.PHASE_CHOICES:
-        raise InvalidParameterError(
-            f"unknown phase {phase!r}; use one of {', '.join(ol.PHASE_CHOICES)}"
-        )
+    names = parse_names(predictors, "predictors", "previous-token,oracle")
+    for n in names or ():
+        if n != "none":
+            pf.get_predictor(n)
+    check_choice(phase, ol.PHASE_CHOICES, "phase")
     pf.check_train_split(train_split)
     ol.check_start(start)
-    ws = parse_int_list(widths, "widths") if widths else None
-    caps = parse_int_list(capacities, "capacities") if capacities else None
-    labels = sorted(label) if label else None
-    err = Console(stderr=True, quiet=quiet or as_json)
-    from routescope.store import RoutingStore
-
-    with (
-        RoutingStore(db, read_only=True) as store,
-        analysis_executor(use_ray, address, quiet or as_json) as executor,
-        RowProgress(not (quiet or as_json)) as bar,
-    ):
-        run_id = store.resolve_run(run)
-        info = store.run_info(run_id)
+    params = {
+        "policies": pols,
+        "predictors": names,
+        "widths": parse_int_list(widths, "widths") if widths else None,
+        "lead": lead,
+        "capacities": parse_int_list(capacities, "capacities") if capacities else None,
+        "phase": phase,
+        "train_split": train_split,
+        "start": start,
+        "labels": sorted(label) if label else None,
+    }
+    quiet = quiet or as_json
+    with analysis_session(db, run, use_ray=use_ray, address=address, quiet=quiet) as s:
         cost = run_cost(
-            info,
+            s.store.run_info(s.run_id),
             expert_mb=expert_mb,
             nonexpert_gb=nonexpert_gb,
             bandwidth_gbps=bandwidth_gbps,
@@ -194,43 +180,17 @@ def offload_cmd(
             layer_ms=layer_ms,
             bytes_per_param=bytes_per_param,
         )
-        source = source_loader(store, run_id, "all", labels)
-        params = {
-            "policies": pols,
-            "predictors": names,
-            "widths": ws,
-            "lead": lead,
-            "capacities": caps,
-            "phase": phase,
-            "train_split": train_split,
-            "start": start,
-            "labels": labels,
-        }
-        df = store.memo_analysis(
-            run_id,
-            ol.offload_whatif,
-            source,
-            progress=bar.task("offload what-if"),
-            executor=executor,
-            cost=cost,
-            **params,
-        )
-    if plot is not None:
-        from routescope.analysis.figures_prefetch import throughput_figure, write_figure
-
-        title = f"Offloading what-if — run {run_id} ({bandwidth_gbps:g} GB/s)"
-        write_figure(throughput_figure(df, title=title), plot)
-        err.print(f"wrote {plot}")
-    if as_json:
-        out = {
-            "run_id": run_id,
-            **params,
-            "cost": {**dataclasses.asdict(cost), "load_ms": cost.load_ps / 1e9},
-            "rows": json_rows(df),
-        }
-        typer.echo(json.dumps(out, indent=2))
-        return
-    print_offload(run_id, df, cost)
+        df = s.memo(ol.offload_whatif, "offload what-if", cost=cost, **params)
+    s.output(
+        df,
+        params,
+        as_json=as_json,
+        plot=plot,
+        figure="figures_prefetch:throughput_figure",
+        title=f"Offloading what-if — run {s.run_id} ({bandwidth_gbps:g} GB/s)",
+        table=lambda: print_offload(s.run_id, df, cost),
+        extra={"cost": {**dataclasses.asdict(cost), "load_ms": cost.load_ps / 1e9}},
+    )
 
 
 def compact(x: float | None) -> str:

@@ -197,6 +197,25 @@ class _Speculative:
         return out.reshape(shape[0], shape[1], *out.shape[1:])
 
 
+_Routing = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _layer_routing(
+    lm: LoadedModel, layer: int, envoy: Any, steering: RouterEdit | None
+) -> _Routing:
+    """Inside a trace: the router output of MoE layer ``layer`` (its nnsight ``envoy``) as
+    ``(logits, weights, indices)``, after ``steering``'s edit, which replaces the router's output
+    in the forward."""
+    out = envoy.output
+    routing = lm.adapter.unpack(out)
+    if steering is not None:
+        edited = steering(lm, layer, *routing)
+        if edited is not None:
+            envoy.output = lm.adapter.pack(out, edited[0], edited[1])
+            routing = (routing[0], edited[0].to(routing[1].dtype), edited[1])
+    return routing
+
+
 def _traced_forward(
     lm: LoadedModel,
     input_ids: torch.Tensor,
@@ -207,17 +226,16 @@ def _traced_forward(
     steering: RouterEdit | None,
     cache_name: str,
     spec: _Speculative | None = None,
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
+) -> tuple[list[_Routing], Any]:
     """One traced forward; returns each MoE layer's router output and the model output.
 
     ``cache`` (if not None) is passed as keyword ``cache_name`` (see ``compat.cache_kwarg``).
     ``spec``: speculative recording, fed each router input it needs as the forward reaches it.
     """
     wrapper = lm.nnsight
-    adapter = lm.adapter
     envoys = lm.router_envoys
     layers = lm.moe_layers
-    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    captured: list[_Routing] = []
     kwargs: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -231,28 +249,20 @@ def _traced_forward(
         return _traced_forward_speculative(lm, kwargs, steering, spec)
     with wrapper.trace(**kwargs):
         for layer, envoy in zip(layers, envoys, strict=True):
-            out = envoy.output
-            routing = adapter.unpack(out)
-            if steering is not None:
-                edited = steering(lm, layer, *routing)
-                if edited is not None:
-                    envoy.output = adapter.pack(out, edited[0], edited[1])
-                    routing = (routing[0], edited[0].to(routing[1].dtype), edited[1])
-            captured.append(routing)
+            captured.append(_layer_routing(lm, layer, envoy, steering))
         model_out = wrapper.output.save()
     return captured, model_out
 
 
 def _traced_forward_speculative(
     lm: LoadedModel, kwargs: dict[str, Any], steering: RouterEdit | None, spec: _Speculative
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Any]:
+) -> tuple[list[_Routing], Any]:
     """``_traced_forward`` that also feeds ``spec`` the router inputs it needs, in layer order
     (a layer's router input comes before its router output)."""
     wrapper = lm.nnsight
-    adapter = lm.adapter
     routers = dict(zip(lm.moe_layers, lm.router_envoys, strict=True))
     sources = spec.sources
-    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    captured: list[_Routing] = []
     with wrapper.trace(**kwargs):
         for layer in range(lm.num_layers):
             if layer in sources:
@@ -260,14 +270,7 @@ def _traced_forward_speculative(
             if layer not in routers:
                 continue
             envoy = routers[layer]
-            out = envoy.output
-            routing = adapter.unpack(out)
-            if steering is not None:
-                edited = steering(lm, layer, *routing)
-                if edited is not None:
-                    envoy.output = adapter.pack(out, edited[0], edited[1])
-                    routing = (routing[0], edited[0].to(routing[1].dtype), edited[1])
-            captured.append(routing)
+            captured.append(_layer_routing(lm, layer, envoy, steering))
         model_out = wrapper.output.save()
     return captured, model_out
 
@@ -293,7 +296,7 @@ def _returned_cache(out: Any, passed: Any, cache_name: str, lm: LoadedModel) -> 
 
 def _stack_step(
     lm: LoadedModel,
-    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    captured: list[_Routing],
     batch: int,
     save_probs: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -4,5 +4,7 @@
 - `records`: `BatchRouting`, what the collection engine hands to a store writer;
 - `trace`: `Trace`, the in-memory routing arrays every analysis kernel takes;
 - `source`: `TraceSource`, a run read chunk by chunk (the store, a Parquet dataset, or a Trace);
-- `protocols`: `RunWriter`, the writing side of a store that the collection runner is typed against.
+- `protocols`: `RunWriter`, the writing side of a store that the collection runner is typed against;
+- `registry`: `Registry`, the named tables at the extension points (cache policies, predictors,
+  importers), with name patterns such as ``lookahead-<L>`` and lookup errors listing valid names.
 """

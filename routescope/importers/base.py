@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from routescope.core.errors import RoutescopeError
+from routescope.core.registry import Named
 
 PREFILL, DECODE = 0, 1
 
@@ -109,8 +111,9 @@ class Reader(Protocol):
 
 
 @dataclass(frozen=True)
-class FormatInfo:
-    """One registry entry: name, one-line description, what files it takes, its reader."""
+class FormatInfo(Named):
+    """One registry entry (`routescope.importers.registry`): name, one-line description, what
+    files it takes, the module whose `read` is its reader."""
 
     name: str
     description: str
@@ -143,6 +146,28 @@ def expand_paths(paths: list[Path], suffixes: tuple[str, ...], fmt: str) -> list
         else:
             raise ImportFileError(p, None, None, "no such file or directory")
     return out
+
+
+def json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, object) for each JSON object of a .json file (one document: an object or a list of
+    them) or a .jsonl file (one document a line); `where` names the line and the list item for
+    error messages."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportFileError(path, None, None, f"cannot read ({exc})") from None
+    if path.name.lower().endswith(".jsonl"):
+        docs = [(f"line {i + 1}", ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+    else:
+        docs = [("response", text)]
+    for rec, raw in docs:
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ImportFileError(path, rec, None, f"not valid JSON ({exc.msg})") from None
+        objs = obj if isinstance(obj, list) else [obj]
+        for j, item in enumerate(objs):
+            yield (rec if len(objs) == 1 else f"{rec} item {j}"), item
 
 
 def as_int_array(

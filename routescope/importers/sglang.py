@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from routescope.importers.base import (
     ImportFileError,
     ReadOptions,
     expand_paths,
+    json_records,
     token_array,
 )
 
@@ -53,22 +53,8 @@ def read(paths: list[Path], opts: ReadOptions) -> Iterator[ImportedSequence]:
 
 # ---- returned routing ---------------------------------------------------------------------------
 def _read_json(path: Path, opts: ReadOptions) -> Iterator[ImportedSequence]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportFileError(path, None, None, f"cannot read ({exc})") from None
-    if path.name.lower().endswith(".jsonl"):
-        items = [(f"line {i + 1}", ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
-    else:
-        items = [("response", text)]
-    for rec, raw in items:
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ImportFileError(path, rec, None, f"not valid JSON ({exc.msg})") from None
-        objs = obj if isinstance(obj, list) else [obj]
-        for j, resp in enumerate(objs):
-            yield _response(path, rec if len(objs) == 1 else f"{rec} item {j}", resp, opts)
+    for where, resp in json_records(path):
+        yield _response(path, where, resp, opts)
 
 
 def _response(path: Path, rec: str, resp: Any, opts: ReadOptions) -> ImportedSequence:

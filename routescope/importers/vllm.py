@@ -18,7 +18,6 @@ slices of dense layers stay zero. Layouts read here:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from routescope.importers.base import (
     as_int_array,
     check_int_array,
     expand_paths,
+    json_records,
     token_array,
 )
 
@@ -92,23 +92,8 @@ def _read_npz(path: Path) -> Iterator[ImportedSequence]:
 
 
 def _read_json(path: Path) -> Iterator[ImportedSequence]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportFileError(path, None, None, f"cannot read ({exc})") from None
-    if path.name.lower().endswith(".jsonl"):
-        lines = [(f"line {i + 1}", ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
-    else:
-        lines = [("response", text)]
-    for rec, raw in lines:
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ImportFileError(path, rec, None, f"not valid JSON ({exc.msg})") from None
-        objs = obj if isinstance(obj, list) else [obj]
-        for j, resp in enumerate(objs):
-            where = rec if len(objs) == 1 else f"{rec} item {j}"
-            yield from _response(path, where, resp)
+    for where, resp in json_records(path):
+        yield from _response(path, where, resp)
 
 
 def _response(path: Path, rec: str, resp: Any) -> Iterator[ImportedSequence]:

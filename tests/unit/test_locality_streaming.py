@@ -440,8 +440,8 @@ def test_cli_progress_bar_counts_route_rows(run, tmp_path, monkeypatch):
     """The progress callback the CLI hands the analyses sees every route row of the run."""
     import shutil
 
+    from routescope.cli import _analysis as cli_cons
     from routescope.cli import app
-    from routescope.cli.analyze import consistency as cli_cons
 
     path, trace = run
     db = str(tmp_path / "copy.duckdb")

@@ -30,15 +30,16 @@ from routescope.analysis.policies import (
     valid_names,
 )
 from routescope.core.errors import InvalidParameterError
+from routescope.core.registry import Registry
 from routescope.core.trace import Trace
 
 APP_PAGE = Path(__file__).resolve().parents[2] / "app" / "views" / "4_locality.py"
 
 
 @pytest.fixture
-def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, CachePolicy]:
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Registry[CachePolicy]:
     """A copy of the table that the test may add to (the real one is restored afterwards)."""
-    table = dict(policies._REGISTRY)
+    table = policies._REGISTRY.copy()
     monkeypatch.setattr(policies, "_REGISTRY", table)
     return table
 

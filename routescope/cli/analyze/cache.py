@@ -5,23 +5,15 @@ Policies, their defaults and help come from the policy table (`routescope.analys
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from routescope.analysis.policies import SERVICES, default_policies, valid_names
-from routescope.cli._analysis import (
-    ADDRESS_HELP,
-    RAY_HELP,
-    RowProgress,
-    analysis_executor,
-    source_loader,
-)
+from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, analysis_session
 from routescope.cli._app import DEFAULT_DB, analyze_app
-from routescope.cli._format import fmt, json_rows, parse_int_list
-from routescope.core.errors import InvalidParameterError
+from routescope.cli._format import check_choice, fmt, parse_int_list, parse_names
 
 
 @analyze_app.command("cache")
@@ -52,69 +44,42 @@ def cache_cmd(
     """Expert-cache hit rates of the cache policies (--policies; the table is in
     routescope.analysis.policies) at every capacity, exact on every sequence (Belady is the bound
     under stream service)."""
-    from rich.console import Console
-
     from routescope.analysis import cache as ca
 
-    pols = [p.strip().lower() for p in policies.split(",") if p.strip()]
-    if not pols:
-        raise InvalidParameterError("no policies given; e.g. --policies lru,belady")
+    pols = parse_names(policies, "policies", "lru,belady") or []
     caps = parse_int_list(capacities, "capacities") if capacities else None
-    for value, allowed, what in (
-        (scope, ca.SCOPES, "scope"),
-        (service, tuple(ca.SERVICES), "service"),
-        (start, ca.STARTS, "start"),
-        (granularity, ca.GRANULARITIES, "granularity"),
-        (phase, ca.PHASE_CHOICES, "phase"),
-    ):
-        if value not in allowed:
-            raise InvalidParameterError(
-                f"unknown {what} {value!r}; use one of {', '.join(allowed)}"
-            )
+    check_choice(scope, ca.SCOPES, "scope")
+    check_choice(service, ca.SERVICES, "service")
+    check_choice(start, ca.STARTS, "start")
+    check_choice(granularity, ca.GRANULARITIES, "granularity")
+    check_choice(phase, ca.PHASE_CHOICES, "phase")
     ca.check_policies(pols, service)
     labels = sorted(label) if label else None
-    err = Console(stderr=True, quiet=quiet or as_json)
-    from routescope.store import RoutingStore
-
-    with (
-        RoutingStore(db, read_only=True) as store,
-        analysis_executor(use_ray, address, quiet or as_json) as executor,
-        RowProgress(not (quiet or as_json)) as bar,
-    ):
-        run_id = store.resolve_run(run)
-        # all phases: the analysis picks the phase per chunk, so batch steps group the same
-        # sequences whatever the phase
-        source = source_loader(store, run_id, "all", labels)
-        params = {
-            "policies": pols,
-            "capacities": caps,
-            "scope": scope,
-            "service": service,
-            "start": start,
-            "granularity": granularity,
-            "batch_size": batch_size,
-            "phase": phase,
-            "labels": labels,
-        }
-        df = store.memo_analysis(
-            run_id,
-            ca.cache_hit_rates,
-            source,
-            progress=bar.task("cache policies"),
-            executor=executor,
-            **params,
-        )
-    if plot is not None:
-        from routescope.analysis.figures_locality import cache_figure, write_figure
-
-        title = f"Expert-cache hit rate — run {run_id} ({scope}, {service}, {start} start)"
-        write_figure(cache_figure(df, title=title), plot)
-        err.print(f"wrote {plot}")
-    if as_json:
-        out = {"run_id": run_id, **params, "rows": json_rows(df)}
-        typer.echo(json.dumps(out, indent=2))
-        return
-    _print_cache(run_id, df, pols, scope, service, start)
+    params = {
+        "policies": pols,
+        "capacities": caps,
+        "scope": scope,
+        "service": service,
+        "start": start,
+        "granularity": granularity,
+        "batch_size": batch_size,
+        "phase": phase,
+        "labels": labels,
+    }
+    # all phases are read: the analysis picks the phase per chunk, so batch steps group the same
+    # sequences whatever the phase
+    quiet = quiet or as_json
+    with analysis_session(db, run, use_ray=use_ray, address=address, quiet=quiet) as s:
+        df = s.memo(ca.cache_hit_rates, "cache policies", **params)
+    s.output(
+        df,
+        params,
+        as_json=as_json,
+        plot=plot,
+        figure="figures_locality:cache_figure",
+        title=f"Expert-cache hit rate — run {s.run_id} ({scope}, {service}, {start} start)",
+        table=lambda: _print_cache(s.run_id, df, pols, scope, service, start),
+    )
 
 
 def _print_cache(run_id: str, df: Any, pols: list[str], scope: str, service: str, start: str):

@@ -6,22 +6,14 @@ tasks (`--ray [--address ADDR]`), and each result is kept in the store's memo of
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from routescope.cli._analysis import (
-    ADDRESS_HELP,
-    RAY_HELP,
-    RowProgress,
-    analysis_executor,
-    source_loader,
-)
+from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, analysis_session, echo_json
 from routescope.cli._app import DEFAULT_DB, analyze_app
-from routescope.cli._format import fmt, json_rows, parse_int_list
-from routescope.core.errors import InvalidParameterError
+from routescope.cli._format import check_choice, fmt, json_rows, parse_int_list
 
 
 @analyze_app.command("consistency")
@@ -40,56 +32,34 @@ def consistency_cmd(
 ) -> None:
     """Local routing consistency: repetition rates (Mixtral's Table 5), SRP with its floor and
     shuffled-order baseline, and the segment-oracle SCH (Liang et al. 2025)."""
-    from rich.console import Console
-
     from routescope.analysis import consistency as cons
-    from routescope.store import RoutingStore
 
     segs = cons.check_segment_lengths(parse_int_list(segments, "segment lengths"))
-    if phase not in cons.CONSISTENCY_PHASES:
-        raise InvalidParameterError(f"unknown phase {phase!r}; use one of all, prefill, decode")
+    check_choice(phase, cons.CONSISTENCY_PHASES, "phase")
     labels = sorted(label) if label else None
-    err = Console(stderr=True, quiet=quiet or as_json)
-    with (
-        RoutingStore(db, read_only=True) as store,
-        analysis_executor(use_ray, address, quiet or as_json) as executor,
-        RowProgress(not (quiet or as_json)) as bar,
-    ):
-        run_id = store.resolve_run(run)
-        source = source_loader(store, run_id, phase, labels)
-        sel: dict[str, Any] = {"phase": phase, "labels": labels, "executor": executor}
-        rep = store.memo_analysis(
-            run_id, cons.repetition_rates, source, progress=bar.task("repetition"), **sel
-        )
-        srp = store.memo_analysis(
-            run_id,
-            cons.srp,
-            source,
-            segment_lengths=segs,
-            shuffled_seed=seed,
-            progress=bar.task("SRP"),
-            **sel,
-        )
-        sch = store.memo_analysis(
-            run_id, cons.sch, source, segment_lengths=segs, progress=bar.task("SCH"), **sel
-        )
+    sel: dict[str, Any] = {"read": phase, "phase": phase, "labels": labels}
+    quiet = quiet or as_json
+    with analysis_session(db, run, use_ray=use_ray, address=address, quiet=quiet) as s:
+        rep = s.memo(cons.repetition_rates, "repetition", **sel)
+        srp = s.memo(cons.srp, "SRP", segment_lengths=segs, shuffled_seed=seed, **sel)
+        sch = s.memo(cons.sch, "SCH", segment_lengths=segs, **sel)
     if plot is not None:
-        from routescope.analysis.figures_locality import srp_figure, write_figure
+        from routescope.analysis.figures_locality import srp_figure
 
-        write_figure(srp_figure(srp, title=f"SRP — run {run_id}"), plot)
-        err.print(f"wrote {plot}")
+        s.plot(lambda: srp_figure(srp, title=f"SRP — run {s.run_id}"), plot)
     if as_json:
-        out = {
-            "run_id": run_id,
-            "phase": phase,
-            "labels": labels,
-            "repetition": json_rows(rep),
-            "srp": json_rows(srp),
-            "sch_segment_oracle": json_rows(sch),
-        }
-        typer.echo(json.dumps(out, indent=2))
+        echo_json(
+            {
+                "run_id": s.run_id,
+                "phase": phase,
+                "labels": labels,
+                "repetition": json_rows(rep),
+                "srp": json_rows(srp),
+                "sch_segment_oracle": json_rows(sch),
+            }
+        )
         return
-    _print_consistency(run_id, rep, srp, sch)
+    _print_consistency(s.run_id, rep, srp, sch)
 
 
 def _print_consistency(run_id: str, rep: Any, srp: Any, sch: Any) -> None:

@@ -7,33 +7,15 @@ result is kept in the store's memo of analysis results (shared with the dashboar
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from routescope.analysis import prefetch as pf
-from routescope.cli._analysis import (
-    ADDRESS_HELP,
-    RAY_HELP,
-    RowProgress,
-    analysis_executor,
-    source_loader,
-)
+from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, analysis_session
 from routescope.cli._app import DEFAULT_DB, analyze_app
-from routescope.cli._format import fmt, json_rows, parse_int_list
-from routescope.core.errors import InvalidParameterError
-
-
-def parse_names(text: str | None, what: str) -> list[str] | None:
-    """'a,b' -> ['a', 'b'] (None for no option); one clear error for an empty list."""
-    if text is None:
-        return None
-    names = [p.strip().lower() for p in text.split(",") if p.strip()]
-    if not names:
-        raise InvalidParameterError(f"no {what} given; e.g. --{what} a,b")
-    return names
+from routescope.cli._format import check_choice, fmt, parse_int_list, parse_names
 
 
 @analyze_app.command("prefetch")
@@ -71,63 +53,37 @@ def prefetch_cmd(
 ) -> None:
     """recall@m and precision@m of prefetch predictors (speculative-d, previous-token, window-W,
     transition-d, oracle), per layer, distance and width, prefill and decode apart."""
-    from rich.console import Console
-
-    names = parse_names(predictors, "predictors")
-    if names is not None:
-        for n in names:
-            pf.get_predictor(n)
-    if phase not in pf.PHASE_CHOICES:
-        raise InvalidParameterError(
-            f"unknown phase {phase!r}; use one of {', '.join(pf.PHASE_CHOICES)}"
-        )
-    if evaluate not in pf.EVALUATE:
-        raise InvalidParameterError(
-            f"unknown evaluate {evaluate!r}; use one of {', '.join(pf.EVALUATE)}"
-        )
+    names = parse_names(predictors, "predictors", "previous-token,oracle")
+    for n in names or ():
+        pf.get_predictor(n)
+    check_choice(phase, pf.PHASE_CHOICES, "phase")
+    check_choice(evaluate, pf.EVALUATE, "evaluate")
     pf.check_train_split(train_split)
     ds = parse_int_list(distances, "distances") if distances else None
     ws = parse_int_list(widths, "widths") if widths else None
     labels = sorted(label) if label else None
-    err = Console(stderr=True, quiet=quiet or as_json)
-    from routescope.store import RoutingStore
-
-    with (
-        RoutingStore(db, read_only=True) as store,
-        analysis_executor(use_ray, address, quiet or as_json) as executor,
-        RowProgress(not (quiet or as_json)) as bar,
-    ):
-        run_id = store.resolve_run(run)
-        # all phases: previous-token and window predictors of decode tokens look at prefill ones
-        source = source_loader(store, run_id, "all", labels)
-        params = {
-            "predictors": names,
-            "distances": ds,
-            "widths": ws,
-            "train_split": train_split,
-            "evaluate": evaluate,
-            "phase": phase,
-            "labels": labels,
-        }
-        df = store.memo_analysis(
-            run_id,
-            pf.prefetch_recall,
-            source,
-            progress=bar.task("prefetch predictors"),
-            executor=executor,
-            **params,
-        )
-    if plot is not None:
-        from routescope.analysis.figures_prefetch import recall_figure, write_figure
-
-        title = f"Prefetch recall@{int(df['width'].min())} by layer — run {run_id}"
-        write_figure(recall_figure(df, title=title), plot)
-        err.print(f"wrote {plot}")
-    if as_json:
-        out = {"run_id": run_id, **params, "rows": json_rows(df)}
-        typer.echo(json.dumps(out, indent=2))
-        return
-    print_recall(run_id, df)
+    params = {
+        "predictors": names,
+        "distances": ds,
+        "widths": ws,
+        "train_split": train_split,
+        "evaluate": evaluate,
+        "phase": phase,
+        "labels": labels,
+    }
+    # all phases are read: previous-token and window predictors of decode tokens look at prefill
+    quiet = quiet or as_json
+    with analysis_session(db, run, use_ray=use_ray, address=address, quiet=quiet) as s:
+        df = s.memo(pf.prefetch_recall, "prefetch predictors", **params)
+    s.output(
+        df,
+        params,
+        as_json=as_json,
+        plot=plot,
+        figure="figures_prefetch:recall_figure",
+        title=f"Prefetch recall@{int(df['width'].min())} by layer — run {s.run_id}",
+        table=lambda: print_recall(s.run_id, df),
+    )
 
 
 def print_recall(run_id: str, df: Any) -> None:

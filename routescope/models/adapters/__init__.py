@@ -8,8 +8,10 @@ contract and the steps to add a family).
 from typing import Any
 
 from routescope.models.adapters.base import (
+    GroupLimitedAdapter,
     MoEAdapter,
     SoftmaxTopKAdapter,
+    TopKLogitsAdapter,
     TopKSoftmaxAdapter,
     remove_experts,
 )
@@ -29,8 +31,10 @@ __all__ = [
     "SUPPORTED_FAMILIES",
     "AdapterEntry",
     "AdapterRegistrationError",
+    "GroupLimitedAdapter",
     "MoEAdapter",
     "SoftmaxTopKAdapter",
+    "TopKLogitsAdapter",
     "TopKSoftmaxAdapter",
     "adapter_class",
     "adapter_for",

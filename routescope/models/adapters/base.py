@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from routescope.core.shape import ModelShape
@@ -271,7 +272,18 @@ class SoftmaxTopKAdapter(MoEAdapter):
         return weights
 
 
-class TopKSoftmaxAdapter(MoEAdapter):
+class TopKLogitsAdapter(MoEAdapter):
+    """top-k on the raw logits; a subclass says how the k gate weights follow (``gate_weights``):
+    softmax over the k (`TopKSoftmaxAdapter`), sigmoid of each (Llama-4), per-rank sparsemixer
+    softmax (PhiMoE)."""
+
+    def selection_scores(
+        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return remove_experts(logits, mask)
+
+
+class TopKSoftmaxAdapter(TopKLogitsAdapter):
     """top-k on raw logits -> softmax over the k chosen logits (GPT-OSS, GraniteMoE)."""
 
     routing = "top-k on raw logits, softmax over the k"
@@ -281,11 +293,6 @@ class TopKSoftmaxAdapter(MoEAdapter):
     def norm_topk_prob(self) -> bool:
         return True
 
-    def selection_scores(
-        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return remove_experts(logits, mask)
-
     def gate_weights(
         self,
         logits: torch.Tensor,
@@ -294,3 +301,51 @@ class TopKSoftmaxAdapter(MoEAdapter):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return torch.softmax(logits.gather(-1, indices), dim=-1)
+
+
+class GroupLimitedAdapter(MoEAdapter):
+    """The DeepSeek layout and group-limited selection (DeepSeek-V2 and -V3, GLM-4.5 MoE).
+
+    Layers below ``first_k_dense_replace`` are dense; ``n_shared_experts`` always-on experts; the
+    router ``mlp.gate`` over ``n_routed_experts`` returns its top-k unsorted. With group-limited
+    routing the E experts form ``n_group`` equal groups and top-k chooses only among the
+    ``topk_group`` groups whose ``group_score`` is highest (`kept_groups`). A subclass implements
+    ``group_score``, ``selection_scores`` and ``gate_weights``.
+    """
+
+    router_attr = "mlp.gate"
+    experts_attr = "n_routed_experts"
+    output_sorted = False
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return int(self.config.first_k_dense_replace) <= layer < self.num_layers
+
+    @property
+    def num_shared_experts(self) -> int:
+        return int(self.config.n_shared_experts or 0)
+
+    @abstractmethod
+    def group_score(self, grouped: torch.Tensor) -> torch.Tensor:
+        """``(tokens, n_group)`` scores of the groups from ``(tokens, n_group, E / n_group)``."""
+
+    def kept_groups(self, scores: torch.Tensor) -> torch.Tensor:
+        """bool (tokens, E): the experts of the ``topk_group`` groups with the highest
+        ``group_score`` (the only ones the router may choose)."""
+        n_group = int(self.config.n_group)
+        grouped = scores.view(-1, n_group, self.num_experts // n_group)
+        group_scores = self.group_score(grouped)
+        keep = torch.topk(group_scores, k=int(self.config.topk_group), dim=-1).indices
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+        return group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(scores)
+
+    def rank_within_groups(self, scores: torch.Tensor, m: int) -> torch.Tensor:
+        """Top-``m`` by ``scores`` within the kept groups (the router's own selection), then,
+        past the ``topk_group * E / n_group`` candidates, the other experts by the same score."""
+        candidates = int(self.config.topk_group) * (self.num_experts // int(self.config.n_group))
+        return ranked_within_then_rest(scores, self.kept_groups(scores), m, candidates)
+
+    def router_logits(self, router: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """The router's float32 projection alone, without its group selection (the same logits
+        its forward computes)."""
+        weight: torch.Tensor = router.weight
+        return F.linear(hidden.float(), weight.float())

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.base import TopKLogitsAdapter
 from routescope.models.adapters.registry import register_adapter
 
 
 @register_adapter("llama4_text", label="Llama-4 (text)")
-class Llama4Adapter(MoEAdapter):
+class Llama4Adapter(TopKLogitsAdapter):
     router_attr = "feed_forward.router"
     experts_attr = "num_local_experts"
     probs_kind = "sigmoid"
@@ -45,11 +45,6 @@ class Llama4Adapter(MoEAdapter):
         scores, logits = output
         edited = torch.zeros_like(scores).scatter(1, indices, weights.to(scores.dtype))
         return edited, logits
-
-    def selection_scores(
-        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return remove_experts(logits, mask)
 
     def gate_weights(
         self,

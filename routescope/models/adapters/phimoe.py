@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from routescope.models.adapters.base import MoEAdapter, remove_experts
+from routescope.models.adapters.base import TopKLogitsAdapter
 from routescope.models.adapters.registry import register_adapter
 
 
@@ -25,7 +25,7 @@ def _sparse_weight(scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor
 
 
 @register_adapter("phimoe", label="PhiMoE")
-class PhimoeAdapter(MoEAdapter):
+class PhimoeAdapter(TopKLogitsAdapter):
     router_attr = "mlp.router"
     experts_attr = "num_local_experts"
     routing = "sparsemixer top-2 (argmax, then a softmax over near-top logits per rank)"
@@ -40,11 +40,6 @@ class PhimoeAdapter(MoEAdapter):
     @property
     def norm_topk_prob(self) -> bool:
         return False
-
-    def selection_scores(
-        self, logits: torch.Tensor, router: nn.Module, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return remove_experts(logits, mask)
 
     def gate_weights(
         self,
