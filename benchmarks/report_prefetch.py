@@ -48,7 +48,7 @@ START = "warm"
 
 def demo_config(store: RoutingStore, run_id: str) -> dict[str, Any]:
     """The demo model's config with OLMoE-1B-7B's widths (layers, experts, k, vocab: the demo's)."""
-    from routescope.cli.simulate import model_config
+    from routescope.models.costs import model_config
 
     info = store.run_info(run_id)
     base = model_config(info["model_id"]) or {

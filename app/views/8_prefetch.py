@@ -34,7 +34,7 @@ def source_info(db: str, version: str, run_id: str) -> SourceInfo:
 def default_cost(db: str, version: str, run_id: str) -> tuple[ol.OffloadCost | None, str]:
     """The cost `routescope simulate offload` uses by default (from the run's model config found
     on this machine), or None and why."""
-    from routescope.cli.simulate import run_cost
+    from routescope.models.costs import run_cost
 
     info = sh.load_run_info(db, version, run_id)
     try:
@@ -186,7 +186,7 @@ if not policies:
     st.info("Pick at least one policy.")
     st.stop()
 with sh.guarded():
-    from routescope.cli.simulate import run_cost
+    from routescope.models.costs import run_cost
 
     cost = run_cost(
         sh.load_run_info(db, version, run_id),

@@ -9,8 +9,6 @@ or the Hugging Face cache; never downloaded) unless given.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,71 +19,10 @@ from routescope.analysis import prefetch as pf
 from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, analysis_session
 from routescope.cli._app import DEFAULT_DB, app
 from routescope.cli._format import check_choice, parse_int_list, parse_names
+from routescope.models.costs import run_cost
 
 simulate_app = typer.Typer(help="What-if simulations over a collected run.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
-
-DEMO_IDS = ("demo", "routescope/demo")
-
-
-def model_config(model_id: str | None, revision: str | None = None) -> dict[str, Any] | None:
-    """The model's config.json as a dict when it is on this machine (the demo model, a local
-    directory, or a Hugging Face cache snapshot), else None. Nothing is downloaded."""
-    if not model_id:
-        return None
-    candidates: list[Path] = []
-    if model_id in DEMO_IDS:
-        from routescope.models.demo import DEMO_MODEL_PATH
-
-        candidates.append(Path(DEMO_MODEL_PATH) / "config.json")
-    path = Path(os.path.expanduser(model_id))
-    candidates.append(path / "config.json")
-    hub = Path(
-        os.environ.get("HF_HUB_CACHE")
-        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    )
-    repo = hub / ("models--" + model_id.replace("/", "--"))
-    snaps = repo / "snapshots"
-    if revision and (snaps / revision).is_dir():
-        candidates.append(snaps / revision / "config.json")
-    ref = repo / "refs" / (revision or "main")
-    if ref.is_file():
-        candidates.append(snaps / ref.read_text().strip() / "config.json")
-    if snaps.is_dir():
-        candidates += sorted(snaps.glob("*/config.json"))
-    for c in candidates:
-        try:
-            if c.is_file():
-                return json.loads(c.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def run_cost(
-    info: dict[str, Any],
-    *,
-    expert_mb: float | None = None,
-    nonexpert_gb: float | None = None,
-    bandwidth_gbps: float = ol.DEFAULT_BANDWIDTH_GBPS,
-    tflops: float | None = None,
-    layer_ms: float | None = None,
-    bytes_per_param: int | None = None,
-) -> ol.OffloadCost:
-    """The run's `OffloadCost`: from its model's config where found, with any value given."""
-    config = model_config(info.get("model_id"), info.get("model_revision"))
-    return ol.model_cost(
-        config,
-        len(info["moe_layers"]),
-        int(info["top_k"]),
-        int(info["num_experts"]),
-        expert_mb=expert_mb,
-        nonexpert_gb=nonexpert_gb,
-        bandwidth_gbps=bandwidth_gbps,
-        tflops=tflops,
-        layer_ms=layer_ms,
-        bytes_per_param=bytes_per_param,
-    )
 
 
 @simulate_app.command("offload")

@@ -1,7 +1,7 @@
 """routescope.models: loading MoE models and the per-family adapters.
 
-Names are imported on first use, so that light submodules (``dtypes``, ``demo``) can be imported
-without torch.
+Names are imported on first use, so that light submodules (``dtypes``, ``demo``, ``costs``: a
+run's model config and offloading costs) can be imported without torch.
 """
 
 from __future__ import annotations

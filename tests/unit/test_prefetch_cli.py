@@ -146,7 +146,7 @@ def test_user_errors_are_one_line(db, monkeypatch, capsys):
 
 
 def test_model_config_lookup(tmp_path, monkeypatch):
-    from routescope.cli.simulate import model_config
+    from routescope.models.costs import model_config
 
     assert model_config("routescope/demo")["model_type"] == "olmoe"
     assert model_config("no/such-model") is None
@@ -162,3 +162,19 @@ def test_model_config_lookup(tmp_path, monkeypatch):
     d.mkdir()
     (d / "config.json").write_text('{"hidden_size": 4}')
     assert model_config(str(d)) == {"hidden_size": 4}
+
+
+def test_run_cost_lives_below_the_cli_and_without_torch():
+    """The dashboard and the CLI share `routescope.models.costs.run_cost`; importing it loads
+    neither torch nor the CLI."""
+    import subprocess
+
+    code = (
+        "import sys; from routescope.models.costs import run_cost; "
+        "c = run_cost({'model_id': 'routescope/demo', 'moe_layers': [0, 1], 'top_k': 4, "
+        "'num_experts': 32}); assert c.expert_bytes > 0; "
+        "print(sorted(m for m in ('torch', 'routescope.cli') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -40,7 +40,7 @@ def cli_json(*args: str) -> dict:
 
 
 def test_prefetch_page_matches_the_library_and_shares_the_memo(store_copy, monkeypatch):
-    from routescope.cli.simulate import run_cost
+    from routescope.models.costs import run_cost
     from routescope.store.reader import StoreReader
     from routescope.store.source import StoreSource
     from routescope.store.store import RoutingStore
