@@ -751,6 +751,7 @@ def offload_reduction(
         merge=add_arrays,
         finalize=partial(_sim_finalize, spec, phase),
         empty=partial(_sim_empty, spec),
+        speculative=pf.needs_speculative(specs),
         name="offload what-if",
     )
 
@@ -785,10 +786,10 @@ def offload_whatif(
     the first C distinct experts the stream requests: a server whose cache already holds the
     experts in use, without the per-sequence cold misses of short sequences).
     """
-    src0 = as_source(data)
+    src = as_source(data)
     if labels:
-        src0 = src0.select(labels=list(labels))
-    info = src0.info
+        src = src.select(labels=list(labels))
+    info = src.info
     if predictors is None:
         names = ["previous-token", "oracle"]
         if info.speculative_distances:
@@ -797,10 +798,9 @@ def offload_whatif(
         names = list(predictors)
     names = [n for n in names if n.strip().lower() != "none"]
     specs = pf.resolve_predictors(names, [int(lead)], info) if names else []
-    src = pf.prepare_source(src0, None, specs)
     passes = 2 if any(s.fitted for s in specs) else 1
     fitted = pf.fit_if_needed(
-        src0,
+        src,
         specs,
         train_split,
         max_rows=max_rows,

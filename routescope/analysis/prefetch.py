@@ -34,7 +34,7 @@ sequences; partials are integer sums of hits, predicted experts, covered and eva
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -203,6 +203,12 @@ def default_predictors(info: SourceInfo | None = None) -> tuple[str, ...]:
             continue
         out.append(p.default_name)
     return tuple(out)
+
+
+def needs_speculative(specs: Sequence[PredictorSpec]) -> bool:
+    """Whether a spec reads the recorded speculative rankings (its reduction asks the source
+    for them: `Reduction.speculative`)."""
+    return any(s.predictor.needs == "speculative" for s in specs)
 
 
 @dataclass(frozen=True)
@@ -518,41 +524,6 @@ def _count_hits(X, P, phase, rows, widths, hits, pred, cov, tok):
                 w += 1
 
 
-# ---- sources with the speculative rankings ---------------------------------------------------------
-@dataclass(frozen=True)
-class SpeculativeSource:
-    """A source whose chunks always carry the recorded speculative rankings (the streaming
-    driver asks for plain chunks). Pickles as the source it wraps."""
-
-    inner: TraceSource
-
-    @property
-    def info(self) -> SourceInfo:
-        return self.inner.info
-
-    def seq_lengths(self) -> np.ndarray:
-        return self.inner.seq_lengths()
-
-    def chunks(self, *, with_speculative: bool = True, **kwargs: Any) -> Iterator[Trace]:
-        return self.inner.chunks(with_speculative=True, **kwargs)
-
-    def select(self, *, phase: str = "all", labels: Sequence[str] | None = None) -> TraceSource:
-        return SpeculativeSource(self.inner.select(phase=phase, labels=labels))
-
-
-def prepare_source(
-    data: Trace | TraceSource, labels: Sequence[str] | None, specs: Sequence[PredictorSpec]
-) -> TraceSource:
-    """The data as a source, narrowed to `labels`, reading speculative rankings when a spec
-    needs them."""
-    src = as_source(data)
-    if labels:
-        src = src.select(labels=list(labels))
-    if any(s.predictor.needs == "speculative" for s in specs):
-        src = SpeculativeSource(src)
-    return src
-
-
 # ---- pass 1: fitting transition counts on the train split ------------------------------------------
 @dataclass(frozen=True)
 class TransitionFit:
@@ -849,6 +820,7 @@ def prefetch_reduction(
             _eval_finalize, spec, phase, tuple(info.layers), info.top_k, info.num_experts
         ),
         empty=partial(_eval_empty, spec),
+        speculative=needs_speculative(specs),
         name="prefetch recall",
     )
 
@@ -905,18 +877,17 @@ def prefetch_recall(
     transition counts are fitted on; `evaluate`: 'auto' (held-out sequences for every predictor
     when one is fitted, else all), 'heldout', or 'all' (fitted predictors stay held-out).
     """
-    src0 = as_source(data)
+    src = as_source(data)
     if labels:
-        src0 = src0.select(labels=list(labels))
-    info = src0.info
+        src = src.select(labels=list(labels))
+    info = src.info
     names = list(predictors) if predictors is not None else list(default_predictors(info))
     ds = list(distances) if distances is not None else list(default_distances(info))
     specs = resolve_predictors(names, ds, info)
     ws = check_widths(widths, info)
-    src = prepare_source(src0, None, specs)
     passes = 2 if any(s.fitted for s in specs) else 1
     fitted = fit_if_needed(
-        src0,
+        src,
         specs,
         train_split,
         max_rows=max_rows,

@@ -693,17 +693,21 @@ class PairedSource:
         max_rows: int = DEFAULT_CHUNK_ROWS,
         align: int = 1,
         seq_range: tuple[int, int] | None = None,
+        with_speculative: bool = False,
         with_weights: bool = True,
     ) -> Iterator[Trace]:
-        kw = {
-            "layers": layers,
-            "max_rows": max(1, max_rows // 2),
-            "align": align,
-            "with_weights": with_weights,
-        }
         both = zip(
-            self.a.chunks(**kw, seq_range=seq_range),
-            self.b.chunks(**kw, seq_range=seq_range),
+            *(
+                side.chunks(
+                    layers=layers,
+                    max_rows=max(1, max_rows // 2),
+                    align=align,
+                    seq_range=seq_range,
+                    with_speculative=with_speculative,
+                    with_weights=with_weights,
+                )
+                for side in (self.a, self.b)
+            ),
             strict=True,
         )
         for ca, cb in both:  # equal sequence lengths: both cut at the same sequences

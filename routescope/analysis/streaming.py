@@ -51,7 +51,8 @@ class Reduction(Generic[P, R]):
     all); `per_layer`: read one layer at a time (when a partial for all layers at once would be
     too large, e.g. vocabulary counts); `align`: chunk boundaries at multiples of this many
     sequences (batch-step cache simulation needs whole batches); `weights`: the kernel reads
-    the chunks' gate weights (False: they are not read, which makes reading a store cheaper).
+    the chunks' gate weights (False: they are not read, which makes reading a store cheaper);
+    `speculative`: the kernel reads the recorded speculative rankings (prefetch predictors).
     """
 
     kernel: Callable[[Trace], P]
@@ -62,6 +63,7 @@ class Reduction(Generic[P, R]):
     per_layer: bool = False
     align: int = 1
     weights: bool = True
+    speculative: bool = False
     name: str = "analysis"
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +121,7 @@ def map_unit(
         max_rows=max_rows,
         align=reduction.align,
         seq_range=(unit.start, unit.stop),
+        with_speculative=reduction.speculative,
         with_weights=reduction.weights,
     ):
         part = reduction.kernel(chunk)

@@ -333,6 +333,36 @@ def test_phases_apart_and_phase_choices():
         pf.prefetch_recall(trace_of([SEQ], 6), predictors=["oracle"], widths=[7])
 
 
+def test_reductions_ask_for_speculative_rankings_only_when_a_predictor_reads_them():
+    """`Reduction.speculative` is what makes the streaming driver read the recorded rankings."""
+    from routescope.analysis import offload as ol
+    from routescope.analysis.streaming import map_unit, plan_units
+
+    spec = np.full((4, 2, 1, 2), -1, dtype=np.int16)
+    src = InMemorySource(trace_of([SEQ], 6, speculative=spec))
+    asked: list[bool] = []
+
+    class Recording(InMemorySource):
+        def chunks(self, **kw):  # type: ignore[override]
+            asked.append(kw["with_speculative"])
+            return super().chunks(**kw)
+
+    for names, want in ((["speculative-1", "oracle"], True), (["previous-token"], False)):
+        specs = pf.resolve_predictors(names, [1], src.info)
+        cost = ol.OffloadCost(expert_bytes=1, layer_ms=1.0)
+        for red in (
+            pf.prefetch_reduction(src.info, specs, [2]),
+            ol.offload_reduction(src.info, cost, specs, ["lru"], [2], capacities=[2]),
+        ):
+            assert red.speculative is want
+            asked.clear()
+            rec = Recording(src.trace)
+            for unit in plan_units(rec, red):
+                map_unit(rec, red, unit)
+            assert asked and set(asked) == {want}
+    assert pf.transition_fit_reduction(src.info, [1]).speculative is False
+
+
 # ---- through the store ----------------------------------------------------------------------------
 def test_store_source_with_speculative_rankings(tmp_path):
     from test_store import LAYERS, batch_of, make_seq, new_run
