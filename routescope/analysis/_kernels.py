@@ -608,8 +608,11 @@ def layer_major(X: np.ndarray) -> np.ndarray:
 
 
 def select_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """`layer_major(X)[rows]` (a boolean mask or indices over token rows), copied once."""
-    return layer_major(X).transpose(1, 0, 2)[:, rows].transpose(1, 0, 2)
+    """`layer_major(X)[rows]` (a boolean mask or indices over token rows), copied once and
+    still laid out layer by layer (`Y[:, rows]` would come back row-major: numpy moves the
+    indexed axis first)."""
+    idx = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
+    return np.take(layer_major(X).transpose(1, 0, 2), idx, axis=1).transpose(1, 0, 2)
 
 
 def _rows_by_layer(X: np.ndarray) -> np.ndarray:
