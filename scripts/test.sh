@@ -23,4 +23,5 @@ export PATH="$PWD/$venv/bin:$PATH"  # the `routescope` entry point of this envir
 echo "== tests on the $deps versions ($("$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
   | grep -iE '^(torch|transformers|nnsight|duckdb|typer|streamlit|polars)==' | tr '\n' ' '))"
 "$venv/bin/python" -m ruff check .
+"$venv/bin/python" -m mypy routescope  # settings: [tool.mypy] in pyproject.toml
 "$venv/bin/python" -m pytest -n 2 -q -p no:cacheprovider "$@" tests

@@ -10,7 +10,7 @@ and compute nothing but layout.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import plotly.graph_objects as go
 import polars as pl
@@ -19,7 +19,7 @@ from plotly.subplots import make_subplots
 from routescope.core.errors import InvalidParameterError
 
 #: `layer=ALL_LAYERS`: every layer's curve (faint) around the pooled one (bold).
-ALL_LAYERS = "all"
+ALL_LAYERS: Final = "all"
 
 #: Which rows a figure draws: ALL_LAYERS, None (pooled over layers), or one MoE layer.
 LayerChoice = int | None | Literal["all"]

@@ -33,7 +33,7 @@ def _width(df: pl.DataFrame, width: int | None) -> int | None:
     """The width shown: the one asked for, else the smallest in the frame."""
     if width is not None or df.height == 0:
         return width
-    return int(df["width"].min())
+    return int(df.select(pl.col("width").min()).item())
 
 
 def recall_figure(

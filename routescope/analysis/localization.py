@@ -577,6 +577,10 @@ class _Tally:
         base, report = self.done, self.progress
         return lambda done, _total: report(min(base + done, self.total), self.total)
 
+    def ticks(self, per: int) -> Callable[[int], None]:
+        """tick(b): `b` resamples done, `per` work units each."""
+        return lambda b: self.advance(b * per)
+
     def advance(self, n: int) -> None:
         self.done += n
         if self.progress is not None:
@@ -715,7 +719,6 @@ def localize(
                     raise InvalidParameterError(_empty_message(ts.rule, which))
             paired, order = _design(t, c, same_run)
             sizes = (int(t.n.sum()), int(c.n.sum()), t.num_prompts, c.num_prompts)
-        per_resample = max(1, prompts) * len(group)
         stats.append(
             _group_stats(
                 t,
@@ -727,7 +730,7 @@ def localize(
                 n_perm,
                 seed,
                 ci,
-                lambda b, w=per_resample: tally.advance(b * w),
+                tally.ticks(max(1, prompts) * len(group)),
             )
         )
         del counts, t, c

@@ -720,12 +720,12 @@ def _eval_finalize(
     elif phase == "all":
         phases = [("all", [0, 1])]
     else:
-        idx = PHASES.index(phase)
-        if acc["tokens"][:, idx].sum() == 0:
+        i = PHASES.index(phase)
+        if acc["tokens"][:, i].sum() == 0:
             raise InvalidParameterError(
                 f"this selection has no {phase} tokens to evaluate; pick another phase"
             )
-        phases = [(phase, [idx])]
+        phases = [(phase, [i])]
     rows: dict[str, list] = {name: [] for name in SCHEMA}
     layer_ids: list[int | None] = [*layers, None]
     for ph_name, idx in phases:

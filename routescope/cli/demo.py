@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
+
+if TYPE_CHECKING:
+    from routescope.collect.jobs import JobSpec
 
 DEMO_DOMAIN_RUN = "demo-domains"
 DEMO_BEHAVIOUR_RUN = "demo-behaviours"
 
 
-def demo_jobs(db: str, batch_size: int = 16, split: str | None = None) -> list:
+def demo_jobs(db: str, batch_size: int = 16, split: str | None = None) -> list[JobSpec]:
     """The two demo jobs: the five domains (prefill) and the behaviour pairs (with 8 generated
     tokens each, so decode routing is there too)."""
     from routescope.collect.jobs import JobSpec, PromptSetSpec
@@ -31,16 +37,24 @@ def demo_jobs(db: str, batch_size: int = 16, split: str | None = None) -> list:
         for p in sorted(DEMO_PROMPTS_DIR.glob("behaviour_*.jsonl"))
     )
     suffix = f"-{split}" if split else ""
-    common = dict(model="demo", dtype="float32", device="cpu", batch_size=batch_size, db=db)
-    jobs = [JobSpec(prompt_sets=domains, name=DEMO_DOMAIN_RUN + suffix, max_length=256, **common)]
+    domain_job = JobSpec(
+        prompt_sets=domains,
+        name=DEMO_DOMAIN_RUN + suffix,
+        model="demo",
+        dtype="float32",
+        device="cpu",
+        batch_size=batch_size,
+        max_length=256,
+        db=db,
+    )
+    jobs = [domain_job]
     if behaviours:
         jobs.append(
-            JobSpec(
+            replace(
+                domain_job,
                 prompt_sets=behaviours,
                 name=DEMO_BEHAVIOUR_RUN + suffix,
-                max_length=256,
                 max_new_tokens=8,
-                **common,
             )
         )
     return jobs

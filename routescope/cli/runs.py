@@ -4,10 +4,16 @@ Parquet, and converting a store written by an earlier version."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
+
+if TYPE_CHECKING:
+    import polars as pl
+    from rich.console import JustifyMethod
+    from rich.table import Table
 
 
 @app.command()
@@ -54,12 +60,12 @@ def export(
         )
 
 
-def runs_table(frame, title: str):
+def runs_table(frame: pl.DataFrame, title: str) -> Table:
     """The rich table of `RoutingStore.runs()` shown by `routescope runs` and `routescope demo`."""
     from rich.table import Table
 
     table = Table(title=title)
-    for col, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("run", "left"),
         ("model", "left"),
         ("family", "left"),
@@ -71,11 +77,12 @@ def runs_table(frame, title: str):
         ("labels", "left"),
         ("status", "left"),
         ("source", "left"),
-    ):
+    )
+    for col, justify in columns:
         table.add_column(  # the run id is what users copy: wrap it, never cut it
             col,
             justify=justify,
-            overflow="fold" if col == "run" else "ellipsis",  # type: ignore[arg-type]
+            overflow="fold" if col == "run" else "ellipsis",
         )
     for row in frame.iter_rows(named=True):
         name = (

@@ -95,7 +95,7 @@ def offload_cmd(
     check_choice(phase, ol.PHASE_CHOICES, "phase")
     pf.check_train_split(train_split)
     ol.check_start(start)
-    params = {
+    params: dict[str, Any] = {
         "policies": pols,
         "predictors": names,
         "widths": parse_int_list(widths, "widths") if widths else None,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,8 +19,15 @@ from routescope.cli._app import DEFAULT_DB, app
 from routescope.cli._format import signed
 from routescope.core.errors import InvalidParameterError
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _load_spec(spec: Path | None, preset: str | None, db: str) -> tuple[Any, str]:
+    from routescope.core.shape import ModelShape
+    from routescope.models.loading import LoadedModel
+    from routescope.steering.spec import SteeringSpec
+
+
+def _load_spec(spec: Path | None, preset: str | None, db: str) -> tuple[SteeringSpec, str]:
     """The spec named on the command line and a short description of where it came from."""
     from routescope.steering.presets import get_preset
     from routescope.steering.spec import SteeringSpec
@@ -34,14 +42,14 @@ def _load_spec(spec: Path | None, preset: str | None, db: str) -> tuple[Any, str
     return p.spec, f"preset {p.name}"
 
 
-def _load_model(model: str) -> Any:
+def _load_model(model: str) -> LoadedModel:
     from routescope.collect.runner import resolve_model_path
     from routescope.models import load_model
 
     return load_model(resolve_model_path(model))
 
 
-def _shape_of(model: str) -> Any:
+def _shape_of(model: str) -> ModelShape:
     """A model's (MoE layers, E, k) from its config alone, without loading weights."""
     from routescope.collect.runner import resolve_model_path
     from routescope.models.loading import config_shape
@@ -93,56 +101,64 @@ def steer_cmd(
         hf_logging.disable_progress_bar()
     with err.status(f"loading {model}…"):
         lm = _load_model(model)
+    run = _Steer(lm, the_spec, source, as_json=as_json, quiet=quiet, out=out, err=err)
     if prompt is not None:
-        _side_by_side(
-            lm, the_spec, source, prompt, max_new_tokens, sampled, seed, as_json, out, err
+        _side_by_side(run, prompt, max_new_tokens=max_new_tokens, sampled=sampled, seed=seed)
+    elif eval_file is not None:
+        _evaluate(
+            run,
+            eval_file,
+            split=split,
+            draws=random_baseline_draws,
+            seed=seed,
+            batch_size=batch_size,
+            max_length=max_length,
         )
-        return
-    assert eval_file is not None
-    _evaluate(
-        lm,
-        the_spec,
-        source,
-        eval_file,
-        split,
-        random_baseline_draws,
-        seed,
-        batch_size,
-        max_length,
-        as_json,
-        out,
-        err,
-        quiet,
-    )
+
+
+@dataclass(frozen=True)
+class _Steer:
+    """What both modes of `routescope steer` use: the model, the spec and where it came from,
+    and how to print (JSON or tables on `out`, status on `err`)."""
+
+    lm: LoadedModel
+    spec: SteeringSpec
+    source: str
+    as_json: bool
+    quiet: bool
+    out: Console
+    err: Console
 
 
 def _side_by_side(
-    lm, spec, source, prompt, max_new_tokens, sampled, seed, as_json, out, err
-) -> None:  # noqa: ANN001
+    run: _Steer, prompt: str, *, max_new_tokens: int, sampled: bool, seed: int
+) -> None:
     from rich.table import Table
 
     from routescope.steering.evaluate import side_by_side
 
-    with err.status("generating…"):
+    with run.err.status("generating…"):
         sbs = side_by_side(
-            lm, spec, prompt, max_new_tokens=max_new_tokens, sampled=sampled, seed=seed
+            run.lm, run.spec, prompt, max_new_tokens=max_new_tokens, sampled=sampled, seed=seed
         )
-    if as_json:
+    if run.as_json:
         payload = {
-            "spec": spec.to_dict(),
-            "source": source,
+            "spec": run.spec.to_dict(),
+            "source": run.source,
             "prompt": prompt,
             "sampled": sampled,
             "base": sbs.base_text,
             "steered": sbs.steered_text,
             "tokens": sbs.tokens.to_dicts(),
         }
-        out.print_json(json.dumps(payload))
+        run.out.print_json(json.dumps(payload))
         return
-    out.print(f"[bold]steering[/bold] {source}: {len(spec.edits)} edit(s), mode {spec.mode}")
-    out.print(f"[bold]prompt[/bold]   {prompt!r}")
-    out.print(f"[bold]base[/bold]     {sbs.base_text!r}")
-    out.print(f"[bold]steered[/bold]  {sbs.steered_text!r}")
+    run.out.print(
+        f"[bold]steering[/bold] {run.source}: {len(run.spec.edits)} edit(s), mode {run.spec.mode}"
+    )
+    run.out.print(f"[bold]prompt[/bold]   {prompt!r}")
+    run.out.print(f"[bold]base[/bold]     {sbs.base_text!r}")
+    run.out.print(f"[bold]steered[/bold]  {sbs.steered_text!r}")
     for which in ("base", "steered"):
         rows = sbs.tokens.filter(sbs.tokens["which"] == which)
         table = Table(title=f"{which} continuation: log p per token")
@@ -156,24 +172,19 @@ def _side_by_side(
                 f"{r['logp_steered']:.3f}",
                 signed(r["change"], 3),
             )
-        out.print(table)
+        run.out.print(table)
 
 
 def _evaluate(
-    lm,
-    spec,
-    source,
-    eval_file,
-    split,
-    draws,
-    seed,
-    batch_size,
-    max_length,
-    as_json,
-    out,
-    err,
-    quiet,
-) -> None:  # noqa: ANN001
+    run: _Steer,
+    eval_file: Path,
+    *,
+    split: str | None,
+    draws: int,
+    seed: int,
+    batch_size: int,
+    max_length: int | None,
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
@@ -181,23 +192,23 @@ def _evaluate(
     from routescope.steering.evaluate import EvalSet, loglik_change, random_baseline
 
     prompts = read_prompt_set(eval_file, split=split)
-    ev = EvalSet.build(lm, prompts, max_length=max_length)
-    with err.status(f"scoring {len(ev)} texts, unsteered and steered…"):
-        res = loglik_change(lm, spec, ev, batch_size=batch_size)
+    ev = EvalSet.build(run.lm, prompts, max_length=max_length)
+    with run.err.status(f"scoring {len(ev)} texts, unsteered and steered…"):
+        res = loglik_change(run.lm, run.spec, ev, batch_size=batch_size)
     rb = None
-    if draws > 0 and not spec.is_empty:
+    if draws > 0 and not run.spec.is_empty:
         with Progress(
             TextColumn("random baseline"),
             BarColumn(),
             MofNCompleteColumn(),
-            console=err,
-            disable=quiet or as_json,
+            console=run.err,
+            disable=run.quiet or run.as_json,
             transient=True,
         ) as bar:
             task = bar.add_task("draws", total=draws)
             rb = random_baseline(
-                lm,
-                spec,
+                run.lm,
+                run.spec,
                 ev,
                 draws=draws,
                 seed=seed,
@@ -211,10 +222,10 @@ def _evaluate(
         baseline = {"all": rb.summary()}
         for lab in labels:
             baseline[lab] = rb.summary(lab)
-    if as_json:
+    if run.as_json:
         payload = {
-            "spec": spec.to_dict(),
-            "source": source,
+            "spec": run.spec.to_dict(),
+            "source": run.source,
             "eval": str(eval_file),
             "texts": len(ev),
             "overall": {
@@ -225,10 +236,10 @@ def _evaluate(
             "by_label": by_label.to_dicts(),
             "random_baseline": baseline,
         }
-        out.print_json(json.dumps(payload))
+        run.out.print_json(json.dumps(payload))
         return
     table = Table(
-        title=f"mean token log-likelihood change, {source} ({len(spec.edits)} edits, {spec.mode})"
+        title=f"mean token log-likelihood change, {run.source} ({len(run.spec.edits)} edits, {run.spec.mode})"
     )
     cols = ["label", "texts", "base", "steered", "change"]
     if baseline is not None:
@@ -254,9 +265,9 @@ def _evaluate(
                 *row(r["label"], r["texts"], r["base"], r["steered"], r["change"], r["label"])
             )
     table.add_row(*row("all", len(ev), res.mean_base, res.mean_steered, res.mean_change, "all"))
-    out.print(table)
-    if baseline is not None:
-        out.print(
-            f"random baseline: {rb.summary()['draws']} draws of {len(spec.edits)} experts from the "
-            "same layers, same actions (seed {seed})".replace("{seed}", str(seed))
+    run.out.print(table)
+    if rb is not None:
+        run.out.print(
+            f"random baseline: {rb.summary()['draws']} draws of {len(run.spec.edits)} experts from "
+            f"the same layers, same actions (seed {seed})"
         )

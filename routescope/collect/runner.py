@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from routescope.core.errors import RoutescopeError
 from routescope.core.protocols import RunWriter
 from routescope.core.records import BatchRouting
 from routescope.store.schema import job_size_key
+
+if TYPE_CHECKING:
+    from routescope.collect.engine import RouterEdit
+    from routescope.models.loading import LoadedModel
 
 CollectFn = Callable[..., BatchRouting]
 
@@ -38,7 +42,7 @@ class JobSteering:
 
     steering_id: str
     spec: dict[str, Any]
-    make_edit: Callable[[Any], Any]
+    make_edit: Callable[[LoadedModel], RouterEdit | None]
 
 
 class CollectionInterrupted(RoutescopeError):
@@ -155,7 +159,7 @@ def run_job(
     job: JobSpec,
     *,
     quiet: bool = False,
-    lm: Any = None,
+    lm: LoadedModel | None = None,
     collect_fn: CollectFn | None = None,
     store: RunWriter | None = None,
     steering: JobSteering | None = None,
@@ -232,7 +236,7 @@ def run_job(
             writer.close()
 
 
-def _speculative_width(job: JobSpec, lm: Any) -> int | None:
+def _speculative_width(job: JobSpec, lm: LoadedModel) -> int | None:
     """The job's speculative ranking width m checked against the model (None: not recording)."""
     if not job.speculative:
         return None
@@ -243,12 +247,12 @@ def _speculative_width(job: JobSpec, lm: Any) -> int | None:
 
 def _setup_run(
     job: JobSpec,
-    lm: Any,
+    lm: LoadedModel,
     store: RunWriter,
     run_id: str,
     steering: JobSteering | None,
     spec_width: int | None = None,
-) -> tuple[Any, set[int]]:
+) -> tuple[RouterEdit | None, set[int]]:
     """Create or resume the run; returns (the engine's steering edit or None, stored seq ids).
     ``spec_width``: the resolved speculative width m, recorded in the run's config."""
     config = job.identity()
@@ -331,8 +335,8 @@ def concat_batches(batches: Sequence[BatchRouting]) -> BatchRouting:
     offsets = [np.asarray(batches[0].seq_offsets, dtype=np.int64)]
     for b in batches[1:]:
         offsets.append(np.asarray(b.seq_offsets[1:], dtype=np.int64) + offsets[-1][-1])
-    has_probs = all(b.probs is not None for b in batches)
-    has_spec = all(b.speculative is not None for b in batches)
+    probs = [b.probs for b in batches if b.probs is not None]
+    spec = [b.speculative for b in batches if b.speculative is not None]
     return BatchRouting(
         seq_offsets=np.concatenate(offsets),
         token_ids=np.concatenate([b.token_ids for b in batches]),
@@ -340,12 +344,8 @@ def concat_batches(batches: Sequence[BatchRouting]) -> BatchRouting:
         phase=np.concatenate([b.phase for b in batches]),
         experts=np.concatenate([b.experts for b in batches]),
         weights=np.concatenate([b.weights for b in batches]),
-        probs=np.concatenate([b.probs for b in batches]) if has_probs else None,  # type: ignore[misc]
-        speculative=(
-            np.concatenate([b.speculative for b in batches])  # type: ignore[misc]
-            if has_spec
-            else None
-        ),
+        probs=np.concatenate(probs) if len(probs) == len(batches) else None,
+        speculative=np.concatenate(spec) if len(spec) == len(batches) else None,
     )
 
 
@@ -359,13 +359,13 @@ class _CollectPlan:
     batches: list[list[int]]
     total: int
     final_status: str
-    edit: Any = None
+    edit: RouterEdit | None = None
 
 
 def _collect(
     plan: _CollectPlan,
     store: RunWriter,
-    lm: Any,
+    lm: LoadedModel,
     collect_fn: CollectFn,
     *,
     quiet: bool,

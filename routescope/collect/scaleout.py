@@ -18,13 +18,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from routescope.collect.jobs import JobSpec
 from routescope.collect.runner import JobSteering
 from routescope.core.errors import RoutescopeError
+
+if TYPE_CHECKING:
+    from routescope.collect.prompts import Prompt
+    from routescope.models.loading import LoadedModel
 
 
 class ScaleOutError(RoutescopeError):
@@ -73,8 +77,8 @@ def _import_ray() -> Any:
 
 def collect_chunk(
     job: JobSpec,
-    lm: Any,
-    prompts: list[Any],
+    lm: LoadedModel,
+    prompts: list[Prompt],
     seq_ids: Sequence[int],
     steering: JobSteering | None = None,
 ) -> dict[str, pa.Table]:

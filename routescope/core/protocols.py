@@ -9,11 +9,34 @@ leaves half a sequence, and `stored_seq_ids` lets a re-run skip what is stored.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NotRequired, Protocol, TypedDict, Unpack
 
 import numpy as np
 
 from routescope.core.records import BatchRouting
+
+
+class RunFields(TypedDict):
+    """What a run's row records (`RunWriter.create_or_resume_run`'s keywords): the model's
+    routing shape, where it ran, the job's config and, for imports, the trace's source."""
+
+    name: str | None
+    model_id: str
+    family: str | None
+    num_layers: int
+    moe_layers: Sequence[int]
+    num_experts: int
+    top_k: int
+    num_shared_experts: NotRequired[int]
+    norm_topk_prob: NotRequired[bool | None]
+    model_revision: NotRequired[str | None]
+    dtype: NotRequired[str | None]
+    device: NotRequired[str | None]
+    steering_id: NotRequired[str | None]
+    config: NotRequired[Mapping[str, Any] | None]
+    versions: NotRequired[Mapping[str, Any] | None]
+    source: NotRequired[str]
+    has_weights: NotRequired[bool]
 
 
 class RunWriter(Protocol):
@@ -21,7 +44,7 @@ class RunWriter(Protocol):
 
     path: str
 
-    def create_or_resume_run(self, run_id: str, **run: Any) -> bool:
+    def create_or_resume_run(self, run_id: str, **run: Unpack[RunFields]) -> bool:
         """Create the run's row, or reopen it; True when it already existed (a resumed job)."""
         ...
 

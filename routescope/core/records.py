@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from routescope.core.errors import InvalidParameterError
+
 
 @dataclass
 class BatchRouting:
@@ -44,6 +46,14 @@ class BatchRouting:
     @property
     def num_tokens(self) -> int:
         return int(self.seq_offsets[-1])
+
+    def require_weights(self, what: str) -> np.ndarray:
+        """The gate weights, or one clear error naming what needs them."""
+        if self.weights is None:
+            raise InvalidParameterError(
+                f"{what} needs gate weights, and this batch records experts only"
+            )
+        return self.weights
 
     def sequence(self, b: int) -> slice:
         return slice(int(self.seq_offsets[b]), int(self.seq_offsets[b + 1]))

@@ -126,7 +126,8 @@ class FormatInfo(Named):
     def reader(self) -> Reader:
         import importlib
 
-        return importlib.import_module(self.module).read  # type: ignore[no-any-return]
+        reader: Reader = importlib.import_module(self.module).read
+        return reader
 
 
 # ---- helpers the readers share ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,9 @@ import polars as pl
 from routescope.core.errors import InvalidParameterError, RoutescopeError
 from routescope.core.protocols import RunWriter
 from routescope.importers.base import ReadOptions
+
+if TYPE_CHECKING:
+    from routescope.store.reader import StoreReader
 
 LOAD_COUNTS_PREFIX = "load_counts:"
 
@@ -102,7 +105,7 @@ def write_load_only(
     )
 
 
-def load_counts_frame(store: Any, run_id: str) -> pl.DataFrame | None:
+def load_counts_frame(store: StoreReader, run_id: str) -> pl.DataFrame | None:
     """(layer, expert, count, share) of a load-only run, or None for a run with routing."""
     value = store.get_meta(load_counts_key(run_id))
     if value is None:

@@ -72,7 +72,7 @@ def read(paths: list[Path], opts: ReadOptions) -> Iterator[ImportedSequence]:
                 None,
                 f"data sets {sorted(handles[n].keys())} differ from {layer_files[order[0]].name}",
             )
-    tokens = _open(token_file) if token_file is not None else None
+    tokens: Any = _open(token_file) if token_file is not None else None
     token_keys = set(tokens.keys()) if tokens is not None else set()
     router = types.SimpleNamespace()  # the route needs no router parameters for these families
     for key in keys:
@@ -95,7 +95,7 @@ def read(paths: list[Path], opts: ReadOptions) -> Iterator[ImportedSequence]:
             )
         n_samples = shape0[0] if len(shape0) == 3 else 1
         tok = None
-        if tokens is not None:
+        if token_file is not None:  # and so tokens
             if key not in token_keys:
                 raise ImportFileError(token_file, None, key, "missing from the token file")
             tok = tokens.get_slice(key)

@@ -112,6 +112,12 @@ class LoadedModel:
         """MoE layers, E and k: what a steering spec is validated against."""
         return self.adapter.shape
 
+    def require_tokenizer(self, what: str) -> PreTrainedTokenizerBase:
+        """The tokenizer, or one clear error saying that `what` needs one."""
+        if self.tokenizer is None:
+            raise ModelLoadError(f"{what} needs a tokenizer, and model {self.model_id} has none")
+        return self.tokenizer
+
     @property
     def pad_token_id(self) -> int:
         """The id put in padded positions: the config's pad token, else the tokenizer's, else

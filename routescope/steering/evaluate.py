@@ -10,12 +10,14 @@ the same batches. Steering goes through `steered` (router forward hooks), i.e. p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import torch
+from transformers import GenerationMixin, PreTrainedTokenizerBase
 
 from routescope.collect.prompts import Prompt, tokenize_prompts
 from routescope.core.errors import InvalidParameterError
@@ -56,7 +58,7 @@ class EvalSet:
     def build(
         cls,
         lm: LoadedModel,
-        texts: Sequence[str] | Sequence[Prompt],
+        texts: Sequence[str | Prompt],
         targets: Sequence[tuple[int, int] | str | None] | None = None,
         labels: Sequence[str | None] | None = None,
         max_length: int | None = None,
@@ -163,11 +165,17 @@ def _base(lm: LoadedModel, evalset: EvalSet, batch_size: int) -> np.ndarray:
 
 def _as_evalset(
     lm: LoadedModel,
-    texts: EvalSet | Sequence[str] | Sequence[Prompt],
+    texts: EvalSet | Sequence[str | Prompt],
     targets: Sequence[tuple[int, int] | str | None] | None,
     labels: Sequence[str | None] | None,
 ) -> EvalSet:
     return texts if isinstance(texts, EvalSet) else EvalSet.build(lm, texts, targets, labels)
+
+
+def column_mean(col: pl.Series) -> float:
+    """The mean of a numeric column as a float (NaN when it has no values)."""
+    value = col.mean()
+    return float(value) if isinstance(value, int | float) else math.nan
 
 
 @dataclass
@@ -179,15 +187,15 @@ class LoglikChange:
 
     @property
     def mean_change(self) -> float:
-        return float(self.per_text["change"].mean())
+        return column_mean(self.per_text["change"])
 
     @property
     def mean_base(self) -> float:
-        return float(self.per_text["base"].mean())
+        return column_mean(self.per_text["base"])
 
     @property
     def mean_steered(self) -> float:
-        return float(self.per_text["steered"].mean())
+        return column_mean(self.per_text["steered"])
 
     def by_label(self) -> pl.DataFrame:
         """Mean base, steered and change per label (texts weighted equally)."""
@@ -206,7 +214,7 @@ class LoglikChange:
 def loglik_change(
     lm: LoadedModel,
     spec: SteeringSpec,
-    texts: EvalSet | Sequence[str] | Sequence[Prompt],
+    texts: EvalSet | Sequence[str | Prompt],
     targets: Sequence[tuple[int, int] | str | None] | None = None,
     labels: Sequence[str | None] | None = None,
     batch_size: int = 8,
@@ -283,7 +291,7 @@ class RandomBaseline:
 def random_baseline(
     lm: LoadedModel,
     spec: SteeringSpec,
-    texts: EvalSet | Sequence[str] | Sequence[Prompt],
+    texts: EvalSet | Sequence[str | Prompt],
     draws: int = 10,
     seed: int = 0,
     targets: Sequence[tuple[int, int] | str | None] | None = None,
@@ -332,6 +340,12 @@ class SideBySide:
     sampled: bool
 
 
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], special: bool = False) -> str:
+    """The text of one sequence of token ids (special tokens kept only when `special`)."""
+    text = tokenizer.decode(ids, skip_special_tokens=not special)
+    return text if isinstance(text, str) else "".join(text)
+
+
 @torch.no_grad()
 def side_by_side(
     lm: LoadedModel,
@@ -349,10 +363,14 @@ def side_by_side(
     if max_new_tokens < 1:
         raise InvalidParameterError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     spec.validate(model_shape(lm))
-    ids = [int(x) for x in lm.tokenizer(prompt)["input_ids"]]
+    tokenizer = lm.require_tokenizer("side-by-side generation")
+    ids = [int(x) for x in tokenizer(prompt)["input_ids"]]
     if not ids:
         raise InvalidParameterError("the prompt tokenizes to no tokens; give a non-empty prompt")
-    device = lm.model.device
+    model = lm.model
+    if not isinstance(model, GenerationMixin):
+        raise InvalidParameterError(f"{lm.model_id} is not a generating (causal LM) model")
+    device = model.device
     kwargs: dict = {
         "max_new_tokens": max_new_tokens,
         "do_sample": sampled,
@@ -365,7 +383,7 @@ def side_by_side(
         with steered(lm, s):
             if sampled:
                 torch.manual_seed(seed)
-            out = lm.model.generate(torch.tensor([ids], device=device), **kwargs)
+            out = model.generate(torch.tensor([ids], device=device), **kwargs)
         gens[which] = out[0, len(ids) :].tolist()
     rows = []
     for which, new in gens.items():
@@ -382,7 +400,7 @@ def side_by_side(
                     "which": which,
                     "step": step,
                     "token_id": int(tok),
-                    "token": lm.tokenizer.decode([tok]),
+                    "token": tokenizer.decode([tok]),
                     "logp_base": float(b),
                     "logp_steered": float(st),
                     "change": float(st - b),
@@ -399,8 +417,8 @@ def side_by_side(
     }
     return SideBySide(
         prompt=prompt,
-        base_text=lm.tokenizer.decode(gens["base"], skip_special_tokens=True),
-        steered_text=lm.tokenizer.decode(gens["steered"], skip_special_tokens=True),
+        base_text=decode_text(tokenizer, gens["base"]),
+        steered_text=decode_text(tokenizer, gens["steered"]),
         tokens=pl.DataFrame(rows, schema=schema),
         sampled=sampled,
     )

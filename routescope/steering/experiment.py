@@ -29,6 +29,8 @@ from routescope.models.loading import LoadedModel
 from routescope.steering.evaluate import (
     EvalSet,
     SideBySide,
+    column_mean,
+    decode_text,
     loglik_change,
     random_baseline,
     side_by_side,
@@ -42,21 +44,20 @@ def collect_trace(
     lm: LoadedModel, prompts: Sequence[Prompt], batch_size: int = 16, max_length: int = 128
 ) -> Trace:
     """Routing of ``prompts`` (prefill only) as an in-memory Trace labelled by prompt label."""
-    enc = tokenize_prompts(prompts, lm.tokenizer, max_length=max_length)
+    enc = tokenize_prompts(prompts, lm.require_tokenizer("collecting"), max_length=max_length)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i].input_ids))  # less padding
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         out = collect_batch(lm, [enc[i].input_ids for i in chunk])
+        weights = out.require_weights("the steering experiment")
         for b, i in enumerate(chunk):
             sl = out.sequence(b)
-            parts[i] = (out.experts[sl], out.weights[sl])
-    experts = [parts[i][0] for i in range(len(enc))]
-    weights = [parts[i][1] for i in range(len(enc))]
+            parts[i] = (out.experts[sl], weights[sl])
     return Trace.from_sequences(
-        experts,
+        [parts[i][0] for i in range(len(enc))],
         num_experts=lm.num_experts,
-        weights=weights,
+        weights=[parts[i][1] for i in range(len(enc))],
         labels=[p.label for p in prompts],
         layers=lm.moe_layers,
     )
@@ -180,8 +181,9 @@ def run_experiment(
         example = None
         if example_tokens > 0:
             first = next(p for p in held if p.label == dom)
-            ids = lm.tokenizer(first.text or "", add_special_tokens=False)["input_ids"]
-            prompt = lm.tokenizer.decode(ids[: max(1, min(12, len(ids) // 2))])
+            tokenizer = lm.require_tokenizer("the example generation")
+            ids = tokenizer(first.text or "", add_special_tokens=False)["input_ids"]
+            prompt = decode_text(tokenizer, ids[: max(1, min(12, len(ids) // 2))], special=True)
             example = side_by_side(lm, spec, prompt, max_new_tokens=example_tokens)
         domains.append(DomainResult(dom, spec, change, rand, example))
     by = loglik_change(lm, SteeringSpec(), ev).by_label()
@@ -283,7 +285,7 @@ def report_markdown(result: ExperimentResult) -> str:
             ex = d.example
             assert ex is not None
             rows = ex.tokens.filter(ex.tokens["which"] == "steered")
-            mean = float(rows["change"].mean()) if len(rows) else float("nan")
+            mean = column_mean(rows["change"])
             lines += [
                 f"- **{d.domain}** experts off — prompt `{_inline(ex.prompt)}`",
                 f"  - unsteered: `{_inline(ex.base_text)}`",

@@ -113,10 +113,10 @@ def edit_routing(
                 kept = kept * factor
             row = dropped.any(dim=-1, keepdim=True)
             new_w = torch.where(row, kept.to(w_dtype), new_w)
-    for expert, factor in edit.scale:
+    for expert, scale in edit.scale:
         sel = new_i == expert
         if bool(sel.any()):
-            new_w = torch.where(sel, (new_w.float() * factor).to(w_dtype), new_w)
+            new_w = torch.where(sel, (new_w.float() * scale).to(w_dtype), new_w)
     return new_w, new_i
 
 

@@ -13,12 +13,19 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import polars as pl
 
 from routescope.core.errors import RoutescopeError
 from routescope.steering.spec import ModelShape, SteeringSpec
+
+if TYPE_CHECKING:
+    from routescope.collect.engine import RouterEdit
+    from routescope.collect.jobs import JobSpec
+    from routescope.collect.runner import JobSteering
+    from routescope.models.loading import LoadedModel
 
 __all__ = [
     "Preset",
@@ -63,11 +70,11 @@ class Preset:
 _COLS = "preset_id, name, model_id, spec, created_at, updated_at"
 
 
-def _names(con: Any) -> list[str]:
+def _names(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in con.execute("SELECT name FROM steering_presets ORDER BY name").fetchall()]
 
 
-def _unknown(con: Any, name: str) -> PresetError:
+def _unknown(con: duckdb.DuckDBPyConnection, name: str) -> PresetError:
     names = _names(con)
     have = ", ".join(names) if names else "none yet"
     return PresetError(
@@ -94,7 +101,7 @@ def _check_name(name: str) -> str:
 
 
 def create_preset(
-    con: Any,
+    con: duckdb.DuckDBPyConnection,
     name: str,
     spec: SteeringSpec,
     model_id: str | None = None,
@@ -117,7 +124,7 @@ def create_preset(
     return get_preset(con, name)
 
 
-def get_preset(con: Any, name: str) -> Preset:
+def get_preset(con: duckdb.DuckDBPyConnection, name: str) -> Preset:
     """The preset called ``name`` (or with that preset id)."""
     rows = con.execute(
         f"SELECT {_COLS} FROM steering_presets WHERE name = ? OR preset_id = ?", [name, name]
@@ -127,7 +134,7 @@ def get_preset(con: Any, name: str) -> Preset:
     return _row_to_preset(rows[0])
 
 
-def list_presets(con: Any) -> pl.DataFrame:
+def list_presets(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """All presets: preset_id, name, model_id, edits (count), mode, layers, updated_at."""
     rows = con.execute(f"SELECT {_COLS} FROM steering_presets ORDER BY name").fetchall()
     out = []
@@ -144,7 +151,7 @@ def list_presets(con: Any) -> pl.DataFrame:
                 "updated_at": p.updated_at,
             }
         )
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "preset_id": pl.String,
         "name": pl.String,
         "model_id": pl.String,
@@ -157,7 +164,7 @@ def list_presets(con: Any) -> pl.DataFrame:
 
 
 def update_preset(
-    con: Any,
+    con: duckdb.DuckDBPyConnection,
     name: str,
     spec: SteeringSpec | None = None,
     model_id: str | None = None,
@@ -188,14 +195,16 @@ def update_preset(
     return get_preset(con, current.preset_id)
 
 
-def delete_preset(con: Any, name: str) -> Preset:
+def delete_preset(con: duckdb.DuckDBPyConnection, name: str) -> Preset:
     """Remove the preset called ``name``; returns what was removed."""
     p = get_preset(con, name)
     con.execute("DELETE FROM steering_presets WHERE preset_id = ?", [p.preset_id])
     return p
 
 
-def resolve_spec(ref: str, con: Any | None = None) -> tuple[SteeringSpec, str | None]:
+def resolve_spec(
+    ref: str, con: duckdb.DuckDBPyConnection | None = None
+) -> tuple[SteeringSpec, str | None]:
     """A spec from a .toml/.json file path or a preset name: ``(spec, preset_id or None)``."""
     path = Path(ref)
     if path.suffix.lower() in (".toml", ".json") or path.is_file():
@@ -209,7 +218,7 @@ def resolve_spec(ref: str, con: Any | None = None) -> tuple[SteeringSpec, str | 
     return p.spec, p.preset_id
 
 
-def edit_from_spec(spec: dict[str, Any], lm: Any) -> Any:
+def edit_from_spec(spec: dict[str, Any], lm: LoadedModel) -> RouterEdit | None:
     """The engine's `RouterEdit` for `spec` (a dict) on a loaded model (None: nothing to change).
 
     Module level, so a `JobSteering` that holds it pickles to shards and Ray workers."""
@@ -222,7 +231,7 @@ def _is_spec_file(ref: str) -> bool:
     return Path(ref).suffix.lower() in (".toml", ".json") or Path(ref).is_file()
 
 
-def job_steering(job: Any, con: Any | None = None) -> Any:
+def job_steering(job: JobSpec, con: duckdb.DuckDBPyConnection | None = None) -> JobSteering | None:
     """A collection job's `steering` (preset name or spec file) as the runner's `JobSteering`,
     or None when the job is unsteered. A preset is looked up on `con`, else in the job's store."""
     from functools import partial
@@ -248,7 +257,7 @@ def job_steering(job: Any, con: Any | None = None) -> Any:
     )
 
 
-def copy_preset(ref: str, src_db: str, dst_con: Any) -> None:
+def copy_preset(ref: str, src_db: str, dst_con: duckdb.DuckDBPyConnection) -> None:
     """Copy the preset `ref` from the store at `src_db` into another store (a shard's), so the
     shard's run names a preset it holds; a spec file or an absent store copies nothing."""
     if _is_spec_file(ref) or not Path(src_db).is_file():

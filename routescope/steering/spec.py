@@ -225,16 +225,10 @@ def _parse_edit(i: int, raw: object, source: str) -> Edit:
 
 def _ranges(values: Sequence[int]) -> str:
     """[0,1,2,5] -> '0-2, 5' for short messages."""
-    out: list[str] = []
-    start = prev = None
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive values
     for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
         else:
-            out.append(f"{start}-{prev}" if start != prev else f"{start}")
-            start = prev = v
-    if start is not None:
-        out.append(f"{start}-{prev}" if start != prev else f"{start}")
-    return ", ".join(out) or "none"
+            runs.append([v, v])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) or "none"

@@ -14,11 +14,12 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import duckdb
 import numpy as np
 
+from routescope.core.protocols import RunFields
 from routescope.core.records import BatchRouting
 from routescope.store.connect import CollectionLock
 from routescope.store.writer import RUN_TABLES
@@ -121,7 +122,7 @@ class ParquetPartsStore:
         self.con.execute(f"COPY meta TO {_sql_str(str(tmp))} (FORMAT parquet)")
         os.replace(tmp, self.root / "meta.parquet")
 
-    def create_or_resume_run(self, run_id: str, **kwargs: Any) -> bool:
+    def create_or_resume_run(self, run_id: str, **kwargs: Unpack[RunFields]) -> bool:
         existed = self.mem.create_or_resume_run(run_id, **kwargs)
         self._write_small(run_id)
         return existed

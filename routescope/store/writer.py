@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import duckdb
 import numpy as np
@@ -21,6 +21,7 @@ import pyarrow as pa
 from routescope.core.canonical import canonical_json
 from routescope.core.defaults import DEFAULT_DB
 from routescope.core.errors import StoreError
+from routescope.core.protocols import RunFields
 from routescope.core.records import BatchRouting
 from routescope.core.trace import PHASES
 from routescope.store.connect import CollectionLock
@@ -377,7 +378,7 @@ class IntermittentStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_or_resume_run(self, run_id: str, **run: Any) -> bool:
+    def create_or_resume_run(self, run_id: str, **run: Unpack[RunFields]) -> bool:
         with self.open() as store:
             return store.create_or_resume_run(run_id, **run)
 

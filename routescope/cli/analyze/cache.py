@@ -55,7 +55,7 @@ def cache_cmd(
     check_choice(phase, ca.PHASE_CHOICES, "phase")
     ca.check_policies(pols, service)
     labels = sorted(label) if label else None
-    params = {
+    params: dict[str, Any] = {
         "policies": pols,
         "capacities": caps,
         "scope": scope,

@@ -62,7 +62,7 @@ def prefetch_cmd(
     ds = parse_int_list(distances, "distances") if distances else None
     ws = parse_int_list(widths, "widths") if widths else None
     labels = sorted(label) if label else None
-    params = {
+    params: dict[str, Any] = {
         "predictors": names,
         "distances": ds,
         "widths": ws,

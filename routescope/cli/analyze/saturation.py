@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,6 +18,9 @@ from routescope.cli._analysis import (
     run_fingerprint,
 )
 from routescope.cli._app import DEFAULT_DB, analyze_app
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def _same_store(a: str, b: str) -> bool:
@@ -49,19 +53,23 @@ def saturation_cmd(
     err = Console(stderr=True, quiet=quiet or as_json)
     with ExitStack() as stack:
         store_a = stack.enter_context(RoutingStore(db, read_only=True))
-        other_db = db_b is not None and not _same_store(db, db_b)
-        store_b = stack.enter_context(RoutingStore(db_b, read_only=True)) if other_db else store_a
+        other_db = db_b if db_b is not None and not _same_store(db, db_b) else None
+        store_b = (
+            store_a
+            if other_db is None
+            else stack.enter_context(RoutingStore(other_db, read_only=True))
+        )
         executor = stack.enter_context(analysis_executor(use_ray, address, quiet or as_json))
         id_a, id_b = store_a.resolve_run(run_a), store_b.resolve_run(run_b)
         src_a = store_a.source(id_a, phase=phase)
         src_b = store_b.source(id_b, phase=phase)
         params = {
             "run_b": run_fingerprint(store_b, id_b, src_b),
-            "store_b": str(Path(db_b).resolve()) if other_db and db_b is not None else None,
+            "store_b": None if other_db is None else str(Path(other_db).resolve()),
             "phase": phase,
         }
 
-        def compute():  # noqa: ANN202
+        def compute() -> pl.DataFrame:
             with LazyBar(err, f"comparing {id_a} with {id_b}") as bar:
                 return router_saturation(src_a, src_b, progress=bar, executor=executor)
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from routescope.cli._analysis import ADDRESS_HELP, RAY_HELP, LazyBar, analysis_executor
 from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows
+
+if TYPE_CHECKING:
+    from routescope.analysis.specialization import DomainCounts
+    from routescope.store.store import RoutingStore
 
 
 @analyze_app.command("specialization")
@@ -238,7 +242,7 @@ def _print_specialization(run_id, by, summary, cv, top_rows) -> None:  # noqa: A
     console.print(t)
 
 
-def _load_only_counts(store: Any, run_id: str, per_token: bool) -> Any:
+def _load_only_counts(store: RoutingStore, run_id: str, per_token: bool) -> DomainCounts | None:
     """A load-only run's counts (an SGLang `stat` dump) as `DomainCounts` without groups, or
     None for a run with per-token routing; --vocab and --plot need tokens and are refused."""
     from routescope.analysis.specialization import DomainCounts
