@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from routescope.core.errors import RoutescopeError, UnsupportedModelError
+from routescope.core.errors import InvalidParameterError, RoutescopeError, UnsupportedModelError
 from routescope.core.shape import ModelShape
 from routescope.models.adapters import MoEAdapter, adapter_for
 from routescope.models.dtypes import DTYPES
@@ -115,7 +115,7 @@ class LoadedModel:
     def require_tokenizer(self, what: str) -> PreTrainedTokenizerBase:
         """The tokenizer, or one clear error saying that `what` needs one."""
         if self.tokenizer is None:
-            raise ModelLoadError(f"{what} needs a tokenizer, and model {self.model_id} has none")
+            raise InvalidParameterError(f"{self.model_id} has no tokenizer; {what} needs one")
         return self.tokenizer
 
     @property

@@ -358,12 +358,10 @@ def side_by_side(
 ) -> SideBySide:
     """Generate from ``prompt`` unsteered and steered (greedy, or sampled with the same seed) and
     give every generated token's log-probability under both, with the change steered − base."""
-    if lm.tokenizer is None:
-        raise InvalidParameterError(f"{lm.model_id} has no tokenizer; generation needs one")
+    tokenizer = lm.require_tokenizer("generation")
     if max_new_tokens < 1:
         raise InvalidParameterError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     spec.validate(model_shape(lm))
-    tokenizer = lm.require_tokenizer("side-by-side generation")
     ids = [int(x) for x in tokenizer(prompt)["input_ids"]]
     if not ids:
         raise InvalidParameterError("the prompt tokenizes to no tokens; give a non-empty prompt")

@@ -199,3 +199,14 @@ def test_side_by_side_greedy(lm: LoadedModel) -> None:
     same = side_by_side(lm, SteeringSpec(), prompt, max_new_tokens=4, sampled=True, seed=5)
     assert same.base_text == same.steered_text
     assert (same.tokens["change"] == 0).all()
+
+
+def test_side_by_side_without_a_tokenizer_is_one_line(lm: LoadedModel) -> None:
+    """A model wrapped without a tokenizer (`LoadedModel.from_model`'s default) cannot generate
+    text side by side: one clear error, not an AttributeError."""
+    bare = LoadedModel.from_model(lm.model, model_id="tiny-olmoe")
+    with pytest.raises(
+        InvalidParameterError, match="has no tokenizer; generation needs one"
+    ) as err:
+        side_by_side(bare, SPEC, "the cat", max_new_tokens=2)
+    assert "\n" not in str(err.value)
