@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -423,11 +424,11 @@ def cache_hit_rates(
     return run_reduction(src, reduction, max_rows=max_rows, progress=progress, executor=executor)
 
 
-def belady_hit_rates(data: Trace | TraceSource, **kwargs) -> pl.DataFrame:
+def belady_hit_rates(data: Trace | TraceSource, **kwargs: Any) -> pl.DataFrame:
     """Belady/MIN hit rates (the optimum of admitting policies under stream service)."""
     return cache_hit_rates(data, policies=("belady",), **kwargs)
 
 
-def lru_hit_rates(data: Trace | TraceSource, **kwargs) -> pl.DataFrame:
+def lru_hit_rates(data: Trace | TraceSource, **kwargs: Any) -> pl.DataFrame:
     """LRU hit rates at every capacity, from one stack-distance pass."""
     return cache_hit_rates(data, policies=("lru",), **kwargs)

@@ -504,7 +504,9 @@ class OffloadSpec:
     warm: bool = False
 
 
-def _stream_rows(chunk: Trace, stream: str, heldout: bool, train_split: float):
+def _stream_rows(
+    chunk: Trace, stream: str, heldout: bool, train_split: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(row indices, offsets) of the chunk's tokens in `stream` ('all' or a phase), on held-out
     sequences only when asked; sequences keep their place (empty ones stay)."""
     keep = np.ones(chunk.num_tokens, dtype=bool)

@@ -361,7 +361,9 @@ for _entry in (
     register(_entry)
 
 
-def predict(chunk: Trace, spec: PredictorSpec, width: int, fitted: TransitionFit | None = None):
+def predict(
+    chunk: Trace, spec: PredictorSpec, width: int, fitted: TransitionFit | None = None
+) -> np.ndarray:
     """int32[N, L, width]: the predictor's top-`width` experts per token row and MoE layer
     (rank order, -1 where it has fewer or none)."""
     return spec.predictor.predict(chunk, spec, int(width), fitted)

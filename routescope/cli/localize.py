@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -23,6 +23,11 @@ from routescope.cli._analysis import (
 )
 from routescope.cli._app import DEFAULT_DB, app
 from routescope.cli._format import fmt, json_rows
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from routescope.core.source import TraceSource
 
 
 @app.command("localize")
@@ -75,7 +80,7 @@ def localize_cmd(
         needs_base = not (target.startswith("run:") and control.startswith("run:"))
         others: dict[str, list[Any]] = {}
 
-        def load_run(name: str):  # noqa: ANN202
+        def load_run(name: str) -> TraceSource:
             rid = store.resolve_run(name)
             src = store.source(rid, phase=phase)
             others[name] = run_fingerprint(store, rid, src)
@@ -95,7 +100,7 @@ def localize_cmd(
         if others:  # run: specs read other runs, whose writes do not clear this run's entries
             params["other_runs"] = others
 
-        def compute():  # noqa: ANN202
+        def compute() -> pl.DataFrame:
             with LazyBar(err, "localizing (reading, then resampling prompts)") as bar:
                 return lo.localize(
                     t_set,
@@ -143,7 +148,7 @@ def localize_cmd(
         err.print(f"wrote {plot}", highlight=False)
 
 
-def _print_localize(head: dict, shown) -> None:  # noqa: ANN001
+def _print_localize(head: dict[str, Any], shown: pl.DataFrame) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table

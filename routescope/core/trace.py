@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -241,7 +242,7 @@ class Trace:
         weights: Sequence[np.ndarray] | None = None,
         labels: Sequence[str | None] | None = None,
         layers: Sequence[int] | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> Trace:
         """Build a Trace from per-sequence arrays of shape [T, L, k] (or [T, k] for one layer).
 

@@ -82,7 +82,9 @@ def cache_cmd(
     )
 
 
-def _print_cache(run_id: str, df: Any, pols: list[str], scope: str, service: str, start: str):
+def _print_cache(
+    run_id: str, df: Any, pols: list[str], scope: str, service: str, start: str
+) -> None:
     import polars as pl
     from rich.console import Console
     from rich.table import Table

@@ -15,6 +15,8 @@ from routescope.cli._app import DEFAULT_DB, analyze_app
 from routescope.cli._format import fmt, json_rows
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from routescope.analysis.specialization import DomainCounts
     from routescope.store.store import RoutingStore
 
@@ -186,7 +188,7 @@ def specialization_cmd(
         err.print(f"wrote {plot}", highlight=False)
 
 
-def _print_vocab(rows, layer: int, min_count: int) -> None:  # noqa: ANN001
+def _print_vocab(rows: pl.DataFrame, layer: int, min_count: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -206,7 +208,13 @@ def _print_vocab(rows, layer: int, min_count: int) -> None:  # noqa: ANN001
     Console().print(t)
 
 
-def _print_specialization(run_id, by, summary, cv, top_rows) -> None:  # noqa: ANN001
+def _print_specialization(
+    run_id: str,
+    by: str,
+    summary: pl.DataFrame,
+    cv: pl.DataFrame | None,
+    top_rows: pl.DataFrame | None,
+) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -16,7 +16,9 @@ from routescope.models.adapters.base import TopKLogitsAdapter
 from routescope.models.adapters.registry import register_adapter
 
 
-def _sparse_weight(scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor, eps: float):
+def _sparse_weight(
+    scores: torch.Tensor, chosen: torch.Tensor, ref: torch.Tensor, eps: float
+) -> torch.Tensor:
     """Softmax weight of ``chosen`` among ``scores`` within relative distance 2*eps of ``ref``."""
     threshold = ref.gather(-1, chosen)
     factor = ref.abs().clamp(min=threshold)

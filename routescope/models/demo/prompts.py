@@ -19,21 +19,25 @@ import json
 import random
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from routescope.models.demo import DEMO_DOMAINS, DEMO_MODEL_PATH, DEMO_PROMPTS_DIR
 from routescope.models.demo.corpus import build_corpus, catalogs, load_corpus, read_mo
 from routescope.models.demo.train import WORK_DIR
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MIN_TOKENS, MAX_TOKENS = 32, 128
 MAX_PROMPTS_PER_DOMAIN = 300
 SEED = 7
 
 
-def _ntok(tok, text: str) -> int:
+def _ntok(tok: PreTrainedTokenizerBase, text: str) -> int:
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def _truncate(tok, text: str, max_tokens: int) -> str:
+def _truncate(tok: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:
     """The longest prefix of ``text`` that ends on a token boundary within ``max_tokens``."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
@@ -42,7 +46,7 @@ def _truncate(tok, text: str, max_tokens: int) -> str:
     return text[: offsets[max_tokens - 1][1]]
 
 
-def excerpts(tok, chunk: str, rng: random.Random) -> list[str]:
+def excerpts(tok: PreTrainedTokenizerBase, chunk: str, rng: random.Random) -> list[str]:
     """Cut a chunk into excerpts of MIN..MAX tokens at line boundaries (long lines truncated)."""
     out: list[str] = []
     buf: list[str] = []
@@ -67,7 +71,9 @@ def excerpts(tok, chunk: str, rng: random.Random) -> list[str]:
     return [e for e in out if e.strip() and MIN_TOKENS <= _ntok(tok, e) <= MAX_TOKENS]
 
 
-def domain_prompts(tok, corpus: dict[str, list[dict[str, str]]]) -> dict[str, list[dict]]:
+def domain_prompts(
+    tok: PreTrainedTokenizerBase, corpus: dict[str, list[dict[str, str]]]
+) -> dict[str, list[dict]]:
     """Held-out excerpts per domain."""
     result: dict[str, list[dict]] = {}
     for domain in DEMO_DOMAINS:

@@ -16,11 +16,15 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from routescope.models.demo.corpus import DOMAINS, build_corpus, corpus_digest, load_corpus
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 HERE = Path(__file__).resolve().parent
 WORK_DIR = HERE / "_work"
@@ -85,7 +89,7 @@ def train_tokenizer(corpus: dict[str, list[dict[str, str]]], vocab_size: int, ou
 
 
 def encode_domains(
-    tokenizer, corpus: dict[str, list[dict[str, str]]], split: str
+    tokenizer: PreTrainedTokenizerBase, corpus: dict[str, list[dict[str, str]]], split: str
 ) -> dict[str, np.ndarray]:
     """One token stream per domain: the split's chunks, each followed by EOS (no BOS)."""
     eos = tokenizer.eos_token_id
@@ -101,7 +105,7 @@ def encode_domains(
     return streams
 
 
-def make_config(s: TrainSettings, tokenizer):
+def make_config(s: TrainSettings, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     """The OLMoE config: every layer MoE, no shared experts, fine-grained experts."""
     from transformers import AutoConfig
 
@@ -148,12 +152,14 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def save_model(model, tokenizer, out: Path, extra: dict) -> None:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, extra: dict
+) -> None:
     """Save fp16 safetensors + tokenizer; config says float32 so plain loading computes in fp32."""
     import copy
 
     out.mkdir(parents=True, exist_ok=True)
-    half = copy.deepcopy(model).to(torch.float16)
+    half = copy.deepcopy(model).half()
     half.config.output_router_logits = False
     half.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
