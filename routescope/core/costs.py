@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -128,6 +128,17 @@ class ModelDims:
             dense_intermediate=dense,
             bytes_per_param=4 if "32" in dtype else 2,
         )
+
+
+class CostOverrides(TypedDict, total=False):
+    """Values given instead of what the model's config implies: `model_cost`'s keywords."""
+
+    expert_mb: float | None
+    nonexpert_gb: float | None
+    bandwidth_gbps: float
+    tflops: float | None
+    layer_ms: float | None
+    bytes_per_param: int | None
 
 
 def model_cost(

@@ -12,9 +12,9 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from routescope.core.costs import DEFAULT_BANDWIDTH_GBPS, OffloadCost, model_cost
+from routescope.core.costs import CostOverrides, OffloadCost, model_cost
 
 DEMO_IDS = ("demo", "routescope/demo")
 
@@ -53,27 +53,9 @@ def model_config(model_id: str | None, revision: str | None = None) -> dict[str,
     return None
 
 
-def run_cost(
-    info: Mapping[str, Any],
-    *,
-    expert_mb: float | None = None,
-    nonexpert_gb: float | None = None,
-    bandwidth_gbps: float = DEFAULT_BANDWIDTH_GBPS,
-    tflops: float | None = None,
-    layer_ms: float | None = None,
-    bytes_per_param: int | None = None,
-) -> OffloadCost:
-    """The run's `OffloadCost`: from its model's config where found, with any value given."""
+def run_cost(info: Mapping[str, Any], **given: Unpack[CostOverrides]) -> OffloadCost:
+    """The run's `OffloadCost` (`info`: its `run_info`): from its model's config where found,
+    with any value `given` (`model_cost`'s keywords) in place of the config's."""
     config = model_config(info.get("model_id"), info.get("model_revision"))
-    return model_cost(
-        config,
-        len(info["moe_layers"]),
-        int(info["top_k"]),
-        int(info["num_experts"]),
-        expert_mb=expert_mb,
-        nonexpert_gb=nonexpert_gb,
-        bandwidth_gbps=bandwidth_gbps,
-        tflops=tflops,
-        layer_ms=layer_ms,
-        bytes_per_param=bytes_per_param,
-    )
+    n_layers, k, e = len(info["moe_layers"]), int(info["top_k"]), int(info["num_experts"])
+    return model_cost(config, n_layers, k, e, **given)
