@@ -3,8 +3,11 @@
 The `TraceSource` the streaming analyses take (DESIGN §7). Only the run's sequence list (ids,
 labels, token counts) is held; each chunk is read with two queries (its tokens and its route rows,
 filtered by a seq_id range that DuckDB's row-group statistics prune, and by layer), and put in
-(sequence, position, layer) order with numpy, whatever order the rows are stored in. Peak memory is
-one chunk, whatever the run's length.
+(sequence, position, layer) order with numpy, whatever order the rows are stored in. A clustered
+run's rows arrive layer by layer and are copied as whole blocks (the chunk's experts are then a
+[N, L, k] view of a [L, N, k] array, the layout the kernels walk); gate weights are read only
+when asked for. Peak memory is one chunk, whatever the run's length: the read-only connection's
+DuckDB cache is capped (`READ_MEMORY_LIMIT`), or every block read would stay resident.
 """
 
 from __future__ import annotations
