@@ -377,9 +377,10 @@ class StoreSource:
             cols += f", CAST(weights AS FLOAT[{k}]) AS weights"
         try:
             toks = self.con.sql(
-                f"SELECT seq_id, pos, token_id, phase, in_target FROM tokens "
+                f"SELECT seq_id, pos, token_id, coalesce(phase = $decode, false) AS decode, "
+                f"coalesce(in_target, false) AS in_target FROM tokens "
                 f"WHERE run_id = $run AND {in_chunk}",
-                params={k_: params[k_] for k_ in ("run", "lo", "hi")},
+                params={**{k_: params[k_] for k_ in ("run", "lo", "hi")}, "decode": PHASES[1]},
             ).to_arrow_table()
             routes = self.con.sql(
                 f"SELECT {cols} FROM routes WHERE run_id = $run AND {in_chunk}{by_layer}",
@@ -399,15 +400,16 @@ class StoreSource:
         finally:
             if not contiguous:
                 self.con.unregister("_rs_chunk_seqs")
-        # tokens in (sequence, position) order
+        # tokens in (sequence, position) order (as a clustered store holds them: no sort then)
         t_seq = toks.column("seq_id").to_numpy().astype(np.int64)
         t_pos = toks.column("pos").to_numpy().astype(np.int64)
-        order = np.lexsort((t_pos, t_seq))
-        t_key = (t_seq << 32 | t_pos)[order]
-        phase = (toks.column("phase").to_numpy(zero_copy_only=False) == PHASES[1]).astype(np.uint8)[
-            order
-        ]
-        n_all = len(order)
+        t_key = t_seq << 32 | t_pos
+        order: np.ndarray | slice = slice(None)
+        if not np.all(t_key[1:] > t_key[:-1]):
+            order = np.lexsort((t_pos, t_seq))
+            t_key = t_key[order]
+        phase = toks.column("decode").to_numpy(zero_copy_only=False).astype(np.uint8)[order]
+        n_all = len(t_key)
         lay_col = np.full(int(max(self._info.layers, default=0)) + 1, -1, dtype=np.int64)
         lay_col[list(sel)] = np.arange(n_lay)
         place = _placement(routes, t_key, lay_col, n_lay)
@@ -431,9 +433,7 @@ class StoreSource:
         extra = {
             "token_ids": toks.column("token_id").fill_null(-1).to_numpy().astype(np.int64)[order],
             "positions": t_pos[order].astype(np.int32),
-            "in_target": toks.column("in_target")
-            .to_numpy(zero_copy_only=False)
-            .astype(bool)[order],
+            "in_target": toks.column("in_target").to_numpy(zero_copy_only=False)[order],
             "phase": phase,
         }
         if self.phase != "all":  # keep only this source's phase
