@@ -464,7 +464,9 @@ def _vocab_finalize(
         )
     frames = []
     for layer in layers:
-        keys, counts = p.get(layer, _no_sparse())
+        # popped: each layer's counts are freed once its rows are built (the merged partial is
+        # this call's own), so counts and rows of every layer are never held at once
+        keys, counts = p.pop(layer, _no_sparse())
         tok = keys // e
         where = np.searchsorted(ids, tok)
         tok_occ = occ[where]

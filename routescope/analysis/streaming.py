@@ -151,22 +151,15 @@ def reduce_source(
     source = as_source(data)
     units = plan_units(source, reduction, max_rows=max_rows)
     total = sum(u.rows for u in units)
-    partials = []
+    acc: Any = None  # merged as each unit ends (the order merge_all uses): one partial is kept
     done = 0
     for unit in units:
-        partials.append(
-            map_unit(
-                source,
-                reduction,
-                unit,
-                max_rows=max_rows,
-                progress=progress,
-                done=done,
-                total=total,
-            )
+        part = map_unit(
+            source, reduction, unit, max_rows=max_rows, progress=progress, done=done, total=total
         )
+        acc = part if acc is None else reduction.merge(acc, part)
         done += unit.rows
-    return reduction.finalize(merge_all(reduction, partials))
+    return reduction.finalize(reduction.empty() if acc is None else acc)
 
 
 def add_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
