@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +36,7 @@ from routescope.store import notes as notes_lib
 from routescope.store.notes import ExpertNote
 
 if TYPE_CHECKING:
+    from routescope.analysis.summary import PageResult
     from routescope.store.store import RoutingStore
 
 DB_ENV = "ROUTESCOPE_DB"
@@ -79,6 +80,27 @@ def store_version(db: str) -> str:
         except FileNotFoundError:
             parts.append("-")
     return "|".join(parts)
+
+
+#: db path → {file stamp → the version it stands for}. Saving a result into the store's memo
+#: changes the file but nothing a page shows, so the stamp after this app's own save stands for
+#: the version before it: loads and results cached under that version stay valid, and a repeat
+#: view reads no file (another process's write, results included, is a new version).
+_SAME_DATA: dict[str, dict[str, str]] = {}
+
+
+def data_version(db: str) -> str:
+    """The version of the store's data: its file stamp, or the version that stamp stands for."""
+    stamp = store_version(db)
+    return _SAME_DATA.get(db, {}).get(stamp, stamp)
+
+
+def _same_data(db: str, stamp: str, version: str) -> None:
+    """Record that file stamp `stamp` stands for `version` (the last few per database)."""
+    known = _SAME_DATA.setdefault(db, {})
+    known[stamp] = version
+    while len(known) > 64:
+        known.pop(next(iter(known)))
 
 
 def is_parquet(db: str) -> bool:
@@ -203,7 +225,7 @@ def save_note(db: str, model_id: str, layer: int, expert: int, label: str, note:
 def readable_version(db: str) -> tuple[str, str | None]:
     """(version to read, warning or None). When another process holds the file for longer than
     LOCK_TIMEOUT, fall back to the last version this app read (its cached results), with a note."""
-    version = store_version(db)
+    version = data_version(db)
     try:
         load_runs(db, version)
     except RoutescopeError as exc:
@@ -272,90 +294,77 @@ def _keep(key: tuple[str, ...], result: pl.DataFrame) -> None:
             total -= old.estimated_size()
 
 
-def _started(bar: ProgressBar, fn: Callable[[RoutingStore, ProgressBar], T], store: Any) -> T:
-    """fn(store, bar) with the bar shown first: only called when the memo lacks the result."""
-    bar.start()
-    return fn(store, bar)
+#: Route rows per chunk when a page computes a result in this server (the CLI's default is
+#: DEFAULT_CHUNK_ROWS): smaller chunks keep the server's memory low while it computes; the result
+#: is the same however the run is chunked (DESIGN §7), so the key does not name it.
+APP_MAX_ROWS = 1_000_000
 
 
-def memo_result(
+def result(
     db: str,
     version: str,
     run_id: str,
-    kind: str,
-    params: Mapping[str, Any],
-    compute: Callable[[RoutingStore, ProgressBar], pl.DataFrame],
-    what: str,
+    item: PageResult,
+    shared: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
-    """A result from the store's results memo (`RoutingStore.memo_result`), computed by
-    compute(store, progress) when the memo lacks it, with a progress bar meanwhile.
+    """A page's result (`routescope.analysis.summary.PageResult`) from the store's memo, under
+    the key `routescope summarize` and the CLI use; computed here (streaming the run in chunks of
+    APP_MAX_ROWS route rows) only when the memo lacks it, with a progress bar meanwhile.
 
     Kept in this process too (keyed by the file's version), so a repeat view opens no file.
+    `shared` (a dict the page makes on each run) keeps a pass several results share (the
+    Experts page's counts), made only when one of them is missing.
     """
-    key = (db, version, run_id, kind, canonical_json(dict(params)))
-    hit = _kept(key)
-    if hit is not None:
-        return hit
-    bar = ProgressBar(what)
-    try:
-        with open_store(db) as store:
-            result = store.memo_result(run_id, kind, params, lambda: _started(bar, compute, store))
-    finally:
-        bar.close()
-    _keep(key, result)
-    return result
+    from routescope.analysis.summary import memo
 
-
-def analysis(
-    db: str,
-    version: str,
-    run_id: str,
-    fn: Callable[..., pl.DataFrame],
-    what: str,
-    *,
-    read_phase: str = "all",
-    read_labels: list[str] | None = None,
-    data: Callable[[RoutingStore, ProgressBar], Any] | None = None,
-    selection: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> pl.DataFrame:
-    """`fn(run, **kwargs)` from the store's results memo, keyed as the CLI keys it
-    (`RoutingStore.memo_analysis`: fn's name and full arguments, plus `selection`), so each result
-    is computed once per run and parameters, by whichever comes first.
-
-    The run is `store.source(run_id, read_phase, read_labels)`, read chunk by chunk (bounded
-    memory), or
-    what `data(store, progress)` returns (e.g. counts shared by several results; name what they
-    select in `selection`). A progress bar shows while it computes.
-    """
-    from routescope.store.results import analysis_params
-
-    make = data or (lambda store, bar: store.source(run_id, phase=read_phase, labels=read_labels))
-    kind = f"{fn.__module__}.{fn.__qualname__}"
-    params = {
-        "args": analysis_params(fn, kwargs),
-        "selection": dict(selection or {}),
-        "source": {"phase": read_phase, "labels": read_labels, "data": data is not None},
-    }
+    kind, params = item.key()
     key = (db, version, run_id, kind, canonical_json(params))
     hit = _kept(key)
     if hit is not None:
         return hit
-    bar = ProgressBar(what)
+    bar = ProgressBar(item.what)
+    saving: list[str] = []  # the file's stamp when a computed result was about to be saved
     try:
         with open_store(db) as store:
-            result = store.memo_analysis(
+            frame = memo(
+                _Watched(store, bar, lambda: saving.append(store_version(db))),
                 run_id,
-                fn,
-                lambda: _started(bar, make, store),
-                selection=selection,
+                item,
                 progress=bar,
-                **kwargs,
+                shared=shared,
+                max_rows=APP_MAX_ROWS,
             )
     finally:
         bar.close()
-    _keep(key, result)
-    return result
+    if saving and data_version(db) != version:
+        before = saving[-1]  # unchanged by anyone else while this computed: only the save
+        if _SAME_DATA.get(db, {}).get(before, before) == version:
+            _same_data(db, store_version(db), version)
+    _keep(key, frame)
+    return frame
+
+
+class _Watched:
+    """The store, with the progress bar shown as soon as a result is computed (only when the memo
+    lacks it; reading can take a moment before the first unit) and `computed()` called once it
+    is, just before the memo saves it."""
+
+    def __init__(self, store: RoutingStore, bar: ProgressBar, computed: Callable[[], None]):
+        self._store, self._bar, self._computed = store, bar, computed
+
+    def source(self, run: str | None = None, phase: str = "all") -> Any:
+        return self._store.source(run, phase=phase)
+
+    def memo_result(
+        self, run_id: str, kind: str, params: Any, compute: Callable[[], pl.DataFrame]
+    ) -> pl.DataFrame:
+        def computing() -> pl.DataFrame:
+            self._bar.start()
+            frame = compute()
+            self._computed()
+            return frame
+
+        return self._store.memo_result(run_id, kind, params, computing)
 
 
 # ---- page scaffolding ---------------------------------------------------------------------------
@@ -486,7 +495,9 @@ def run_picker(db: str) -> str | None:
 def layer_select(layers: list[int], key: str, label: str = "Layer") -> int:
     """A layer picker whose choice is kept (in session_state[key]) when the user comes back."""
     if st.session_state.get(key) not in layers:
-        st.session_state[key] = layers[len(layers) // 2]
+        from routescope.analysis.summary import default_layer
+
+        st.session_state[key] = default_layer(layers)
     st.session_state[f"_{key}_widget"] = st.session_state[key]
     return int(
         st.selectbox(

@@ -2,19 +2,19 @@
 co-activations, and its annotation (saved to expert_notes, shown wherever the expert appears).
 
 Every number comes from the store's results memo, keyed as `routescope analyze specialization`
-keys it: computed once per run and parameters (load, entropy and specialization in one streamed
-pass), with a progress bar meanwhile.
+keys it, with the defaults and keys of `routescope.analysis.summary` (what `routescope summarize`
+computes after a collection); anything else is computed once per run and parameters (load,
+entropy and specialization in one streamed pass), with a progress bar meanwhile.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import _shared as sh
 import polars as pl
 import streamlit as st
 
 from routescope.analysis import specialization as spec
+from routescope.analysis import summary
 from routescope.analysis.figures_app import annotate_experts, entropy_figure
 from routescope.analysis.figures_experts import coactivation_heatmap, domain_heatmap, load_heatmap
 
@@ -26,11 +26,12 @@ db, version, run_id = run
 
 with sh.guarded():
     info = sh.load_run_info(db, version, run_id)
+    src = sh.load_source_info(db, version, run_id)
     notes = sh.load_notes(db, version, info["model_id"])
 labels_by_expert = sh.note_labels(notes)
 layers = [int(x) for x in info["moe_layers"]]
 num_experts = int(info["num_experts"])
-has_labels = bool(info["labels"])
+has_labels = bool(src.labels)
 
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -38,32 +39,18 @@ with c1:
 with c2:
     layer = sh.layer_select(layers, key="experts_layer")
 
-#: the one streamed pass behind load, entropy and specialization (made only on a memo miss)
-_counts: dict[str, spec.DomainCounts] = {}
+#: load, entropy, specialization and CV: one streamed pass, made only when one is missing
+counted = summary.experts_counts(src, phase)
+passes: dict = {}
 
 
-def counts(store: Any, bar: sh.ProgressBar) -> spec.DomainCounts:
-    if "c" not in _counts:
-        group = "label" if has_labels else None
-        _counts["c"] = spec.domain_counts(store.source(run_id, phase=phase), group, progress=bar)
-    return _counts["c"]
-
-
-#: the CLI's keys: the phase the source was narrowed to, every layer
-whole = {"phase": phase, "layers": None}
-
-
-def counted(fn: Any, what: str, **kwargs: Any) -> pl.DataFrame:
-    return sh.analysis(db, version, run_id, fn, what, data=counts, selection=whole, **kwargs)
-
-
-def streamed(fn: Any, what: str, **kwargs: Any) -> pl.DataFrame:
-    return sh.analysis(db, version, run_id, fn, what, read_phase=phase, selection=whole, **kwargs)
+def result(item: summary.PageResult):  # noqa: ANN201
+    return sh.result(db, version, run_id, item, passes)
 
 
 with sh.guarded():
-    load = counted(spec.expert_load, "Counting expert load")
-    summary = counted(spec.load_summary, "Counting expert load")
+    load = result(counted["load"])
+    load_summary = result(counted["summary"])
 if "expert_id" not in st.session_state:  # start with the layer's busiest expert
     at_layer = load.filter(pl.col("layer") == layer).sort("count", descending=True)
     st.session_state["expert_id"] = int(at_layer["expert"][0]) if at_layer.height else 0
@@ -72,20 +59,20 @@ with c3:
 
 st.subheader("Load")
 sh.plot(annotate_experts(load_heatmap(load), labels_by_expert), key="load_heatmap")
-sh.plot(entropy_figure(summary), key="entropy")
+sh.plot(entropy_figure(load_summary), key="entropy")
 
 st.subheader(f"Specialization by label, layer {layer}")
 if has_labels:
     with sh.guarded():
-        domain = counted(spec.domain_specialization, "Counting expert load", by="label")
+        domain = result(counted["domain"])
     sh.plot(
         annotate_experts(domain_heatmap(domain, layer), labels_by_expert, layer),
         key="domain_heatmap",
     )
     caption = "share of the label's tokens routed to the expert, divided by k/E (1 = uniform)"
-    if len(info["labels"]) >= 2:  # moe-lrc's summary, from the same counts
+    if "cv" in counted:  # moe-lrc's summary (two labels or more), from the same counts
         with sh.guarded():
-            cv = counted(spec.domain_cv, "Counting expert load", by="label")
+            cv = result(counted["cv"])
         at = cv.filter(pl.col("layer") == layer)
         if at.height:
             caption += (
@@ -102,14 +89,13 @@ st.subheader(title)
 left, right = st.columns(2)
 with left:
     st.markdown("**Top tokens** (share of the token's occurrences routed to this expert)")
-    min_count = int(st.number_input("Minimum occurrences", min_value=1, value=2, key="min_count"))
-    with sh.guarded():
-        vocab = streamed(
-            spec.vocabulary_specialization,
-            f"Counting token ids at layer {layer}",
-            min_count=min_count,
-            layers=[layer],
+    min_count = int(
+        st.number_input(
+            "Minimum occurrences", min_value=1, value=summary.MIN_COUNT, key="min_count"
         )
+    )
+    with sh.guarded():
+        vocab = result(summary.experts_vocabulary(layer, phase, min_count))
     top = spec.expert_top_tokens(
         vocab.filter((pl.col("layer") == layer) & (pl.col("expert") == expert)), top=15
     )
@@ -139,7 +125,7 @@ with right:
 
 st.subheader(f"Co-activation at layer {layer}")
 with sh.guarded():
-    co = streamed(spec.coactivation, f"Co-activation at layer {layer}", layer=layer)
+    co = result(summary.experts_coactivation(layer, phase))
 sh.plot(annotate_experts(coactivation_heatmap(co), labels_by_expert, layer), key="coactivation")
 partners = (
     co.filter(pl.col("expert_i") == expert).sort("rate", descending=True, nulls_last=True).head(5)

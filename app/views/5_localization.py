@@ -2,54 +2,24 @@
 difference with prompt-bootstrap CI and permutation q-values), and a button that turns the top of
 the ranking into a steering preset.
 
-The ranking comes from the store's results memo, keyed as `routescope localize` keys it: computed
-once per run and parameters (the run streamed in bounded chunks into per-prompt counts, then
-resampled), with a progress bar meanwhile.
+The ranking comes from the store's results memo, keyed as `routescope localize` keys it, with the
+defaults and keys of `routescope.analysis.summary` (what `routescope summarize` computes after a
+collection: the first target set against the rest); anything else is computed once per run and
+parameters (the run streamed in bounded chunks into per-prompt counts, then resampled), with a
+progress bar meanwhile.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import _shared as sh
 import polars as pl
 import streamlit as st
 
 from routescope.analysis import localization as lo
+from routescope.analysis import summary
 from routescope.analysis.figures_app import annotate_experts
 from routescope.analysis.figures_experts import rd_heatmap
 from routescope.steering.spec import SteeringSpec
-
-#: The phase and seed the page localizes with (`routescope localize`'s defaults).
-PHASE, SEED = "all", 0
-
-
-def _localize(
-    db: str, version: str, run_id: str, target: str, control: str, n_boot: int, n_perm: int,
-    weight: bool,
-) -> pl.DataFrame:  # fmt: skip
-    """The ranking, from the memo under the parameters `routescope localize` keys it by."""
-    params = {
-        "target": target,
-        "control": control,
-        "phase": PHASE,
-        "n_boot": n_boot,
-        "n_perm": n_perm,
-        "weight": weight,
-        "seed": SEED,
-    }
-
-    def compute(store: Any, bar: sh.ProgressBar) -> pl.DataFrame:
-        base = store.source(run_id, phase=PHASE)
-        t_set, c_set = lo.token_sets_from_specs(base, target, control)
-        return lo.localize(
-            t_set, c_set, n_boot=n_boot, n_perm=n_perm, seed=SEED, weight=weight, progress=bar
-        )
-
-    return sh.memo_result(
-        db, version, run_id, "localize", params, compute, "Localizing (reading, then resampling)"
-    )
-
 
 st.title("Localization")
 run = sh.current_run()
@@ -57,14 +27,12 @@ if run is None:
     st.stop()
 db, version, run_id = run
 with sh.guarded():
-    src = sh.load_source_info(db, version, run_id, PHASE)
+    src = sh.load_source_info(db, version, run_id, summary.LOCALIZE_PHASE)
     info = sh.load_run_info(db, version, run_id)
     notes = sh.note_labels(sh.load_notes(db, version, info["model_id"]))
     has_target = sh.has_target_spans(db, version, run_id)
 
-targets = [f"label:{x}" for x in src.labels] + [f"set:{x}" for x in src.prompt_sets]
-if has_target:
-    targets.append("target")
+targets = summary.localization_targets(src, has_target)
 if not targets:
     st.info(
         "Localization needs a target token set: labels, several prompt sets, or target spans. "
@@ -81,13 +49,17 @@ with c2:
         "Control", controls, key="loc_control", help="'rest': every other token of the run"
     )
 with c3:
-    n_boot = int(st.number_input("Bootstrap resamples", 50, 5000, 200, step=50, key="n_boot"))
+    n_boot = int(
+        st.number_input("Bootstrap resamples", 50, 5000, summary.N_BOOT, step=50, key="n_boot")
+    )
 with c4:
-    n_perm = int(st.number_input("Permutations", 50, 5000, 200, step=50, key="n_perm"))
+    n_perm = int(st.number_input("Permutations", 50, 5000, summary.N_PERM, step=50, key="n_perm"))
 weight = st.toggle("Score by mean gate weight instead of selection rate", key="loc_weight")
 
 with sh.guarded():
-    result = _localize(db, version, run_id, target, control, n_boot, n_perm, weight)
+    result = sh.result(
+        db, version, run_id, summary.localization(target, control, n_boot, n_perm, weight)
+    )
 
 st.caption(
     f"target {target}: {int(result['n1'][0]):,} tokens in {int(result['prompts1'][0])} prompts; "

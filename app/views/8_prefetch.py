@@ -9,16 +9,14 @@ run and parameters by streaming the run, with a progress bar meanwhile.
 
 from __future__ import annotations
 
-from typing import Any
-
 import _shared as sh
 import polars as pl
 import streamlit as st
 
 from routescope.analysis import offload as ol
 from routescope.analysis import prefetch as pf
+from routescope.analysis import summary
 from routescope.analysis.figures_prefetch import distance_figure, recall_figure, throughput_figure
-from routescope.core.errors import RoutescopeError
 from routescope.core.source import SourceInfo
 
 SIM_POLICIES = ("lru", "lfu", "fifo", "lookahead-16", "belady")
@@ -31,21 +29,14 @@ def source_info(db: str, version: str, run_id: str) -> SourceInfo:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def default_cost(db: str, version: str, run_id: str) -> tuple[ol.OffloadCost | None, str]:
-    """The cost `routescope simulate offload` uses by default (from the run's model config found
-    on this machine), or None and why."""
+def default_cost(db: str, version: str, run_id: str) -> tuple[ol.OffloadCost, str]:
+    """The what-if's default cost (`summary.default_cost`: from the run's model config found on
+    this machine, else stand-ins) and why stand-ins ('' when the config was found)."""
+    from functools import partial
+
     from routescope.models.costs import run_cost
 
-    info = sh.load_run_info(db, version, run_id)
-    try:
-        return run_cost(info), ""
-    except RoutescopeError as exc:
-        return None, str(exc)
-
-
-def or_default(chosen: list[Any], default: list[Any]) -> list[Any] | None:
-    """None when the choice is the default (the CLI's key for it), else the choice."""
-    return None if list(chosen) == list(default) else list(chosen)
+    return summary.default_cost(partial(run_cost, sh.load_run_info(db, version, run_id)))
 
 
 st.title("Prefetch and offloading")
@@ -84,9 +75,9 @@ with c1:
     )
 with c2:
     width_opts = sorted({1, k, 2 * k, min(E, 4 * k)})
-    widths = st.multiselect("Widths m", width_opts, default=[k, 2 * k], key="prefetch_widths") or [
-        k
-    ]
+    widths = st.multiselect(
+        "Widths m", width_opts, default=summary.recall_widths(info), key="prefetch_widths"
+    ) or [k]
 with c3:
     train_split = st.slider(
         "Train split (transition)", 0.1, 0.9, pf.DEFAULT_TRAIN_SPLIT, 0.1, key="prefetch_split"
@@ -95,12 +86,9 @@ if not names:
     st.info("Pick at least one predictor.")
     st.stop()
 with sh.guarded():
-    recall = sh.analysis(
-        db, version, run_id, pf.prefetch_recall, "Evaluating predictors",
-        predictors=or_default(names, defaults), distances=None,
-        widths=or_default(sorted(widths), [k, 2 * k]), train_split=float(train_split),
-        evaluate="auto", phase="split", labels=None,
-    )  # fmt: skip
+    recall = sh.result(
+        db, version, run_id, summary.prefetch_recall(info, names, widths, float(train_split))
+    )
 phases = recall["phase"].unique(maintain_order=True).to_list()
 c1, c2 = st.columns(2)
 with c1:
@@ -130,10 +118,8 @@ st.caption(
 # ---- the what-if ------------------------------------------------------------------------------------
 st.subheader("What would offloading cost?")
 with sh.guarded():
-    cost0, why = default_cost(db, version, run_id)
-sim_defaults = ["previous-token", "oracle"]
-if info.speculative_distances:
-    sim_defaults.insert(1, "speculative-1")
+    why = default_cost(db, version, run_id)[1]
+sim_defaults = summary.offload_predictors(info)
 extra = [f"speculative-{d}" for d in range(2, info.speculative_distances + 1)]
 sim_choices = [*sim_defaults, "window-8", "transition-1", *extra]
 c1, c2, c3, c4 = st.columns(4)
@@ -165,7 +151,7 @@ with c2:
         "Expert MB (blank: model config)",
         0.0,
         1e5,
-        value=None if cost0 is not None else 12.58,
+        value=summary.STANDIN_COST["expert_mb"] if why else None,
         key="offload_expert_mb",
         help="OLMoE-1B-7B's expert in bf16 is 12.58 MB",
     )
@@ -174,13 +160,13 @@ with c3:
         "MoE layer ms (blank: FLOPs / rate)",
         0.0,
         1e4,
-        value=None if cost0 is not None else 0.134,
+        value=summary.STANDIN_COST["layer_ms"] if why else None,
         format="%.4f",
         key="offload_layer_ms",
     )
 with c4:
     tflops = st.number_input("Compute TFLOP/s", 0.01, 1e4, ol.DEFAULT_TFLOPS, key="offload_tflops")
-if cost0 is None:
+if why:
     st.caption(f"{why} — the values above stand in (OLMoE-1B-7B's expert, bf16; 1 TFLOP/s).")
 if not policies:
     st.info("Pick at least one policy.")
@@ -195,11 +181,9 @@ with sh.guarded():
         tflops=None if tflops == ol.DEFAULT_TFLOPS else tflops,
         layer_ms=layer_ms,
     )
-    what_if = sh.analysis(
-        db, version, run_id, ol.offload_whatif, "Simulating offloading", cost=cost,
-        policies=list(policies), predictors=or_default(sim_names, sim_defaults) if lead == 1
-        else list(sim_names), widths=None, lead=lead, capacities=None, phase="split",
-        train_split=pf.DEFAULT_TRAIN_SPLIT, start=start, labels=None,
+    what_if = sh.result(
+        db, version, run_id,
+        summary.offload_whatif(info, cost, policies, sim_names, lead, start),
     )  # fmt: skip
 st.caption(f"Costs: {cost.note}; one expert loads in {cost.load_ps / 1e9:.4g} ms.")
 sim_phases = what_if["phase"].unique(maintain_order=True).to_list()

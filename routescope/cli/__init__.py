@@ -18,6 +18,7 @@ from routescope.cli import (  # noqa: F401  (imported for their command registra
     simulate,
     sql,
     steer,
+    summarize,
 )
 from routescope.cli._app import app
 from routescope.core.errors import RoutescopeError

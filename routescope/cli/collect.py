@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from routescope.cli._app import app
+from routescope.cli.summarize import SUMMARIZE_HELP
 
 if TYPE_CHECKING:
     from routescope.collect.jobs import JobSpec
@@ -74,6 +75,11 @@ def collect(
         None, "--address", help="With --ray: the cluster address (default: start a local one)."
     ),
     workers: int = typer.Option(2, "--workers", help="With --ray: number of model workers."),
+    summarize: bool = typer.Option(
+        True,
+        "--summarize/--no-summarize",
+        help=SUMMARIZE_HELP + " Not for --shard or --parts (summarize the merged store).",
+    ),
 ) -> None:
     """Record a model's routing over prompt sets into the DuckDB store (resumable: re-run the same
     command after an interruption to continue)."""
@@ -139,6 +145,10 @@ def collect(
             if result.sequences_skipped:
                 msg += f"; {result.sequences_skipped} already stored were skipped"
         err.print(f"{msg} → {result.db}", highlight=False, soft_wrap=True)
+    if summarize and result.status == "complete" and shard is None and parts is None:
+        from routescope.cli.summarize import summarize_run
+
+        summarize_run(result.db, result.run_id, quiet=quiet, after="collect")
 
 
 def run_scaled(

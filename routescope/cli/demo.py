@@ -68,6 +68,13 @@ def demo(
         "all", "--split", help="Prompt split to collect: all, train or heldout (quicker)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    summarize: bool = typer.Option(
+        False,
+        "--summarize/--no-summarize",
+        help="Also compute what the dashboard pages show by default into the store "
+        "(`routescope summarize`; off to keep the demo quick: the pages compute it on first "
+        "view, a few seconds each on the demo's runs).",
+    ),
 ) -> None:
     """Collect the demo model's routing over its prompt sets, then summarise what it shows.
 
@@ -95,6 +102,10 @@ def demo(
         if not quiet:
             console.print(f"[bold]collecting[/bold] {job.name} → {db}")
         run_job(job, quiet=quiet)
+        if summarize:
+            from routescope.cli.summarize import summarize_run
+
+            summarize_run(db, job.run_id, quiet=quiet, after="collect")
 
     with RoutingStore(db, read_only=True) as store:
         runs = store.runs()

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from routescope.cli._app import DEFAULT_DB, app
+from routescope.cli.summarize import SUMMARIZE_HELP
 from routescope.importers.registry import FORMATS
 
 _FORMATS_HELP = "; ".join(f"{f.name}: {f.description} (files: {f.files})" for f in FORMATS.values())
@@ -31,6 +32,7 @@ def import_cmd(
         None, "--seq-len", help="flame: tokens per sequence of the stream (default 2048)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    summarize: bool = typer.Option(True, "--summarize/--no-summarize", help=SUMMARIZE_HELP),
 ) -> None:
     """Import FORMAT files into a run; a malformed file stops it before anything is written."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -69,3 +71,7 @@ def import_cmd(
         f"{len(result.layers)} MoE layers, top-{result.top_k} of {result.num_experts} "
         f"({weights}{tokens})"
     )
+    if summarize:
+        from routescope.cli.summarize import summarize_run
+
+        summarize_run(result.db, result.run_id, quiet=quiet, after="import")
