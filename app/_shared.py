@@ -299,6 +299,21 @@ def _keep(key: tuple[str, ...], result: pl.DataFrame) -> None:
 #: is the same however the run is chunked (DESIGN §7), so the key does not name it.
 APP_MAX_ROWS = 1_000_000
 
+#: DuckDB's memory limit while a page computes (on a DuckDB file; the store's sources cap it at
+#: 512 MiB, and blocks read stay cached up to it): reading one chunk needs far less, and the
+#: rest comes again from the OS's file cache.
+APP_DUCKDB_MEMORY = "128MiB"
+
+#: One analysis computes in this server at a time, whatever the number of sessions asking: the
+#: server's memory then holds one analysis's chunks, and its save into the memo does not meet
+#: another computation's open connection (DuckDB opens a file for writing only when the process
+#: has no other connection to it; the save would be skipped).
+_COMPUTING = threading.Lock()
+
+
+class _Missing(Exception):
+    """The memo lacks a result (raised instead of computing it, see `result`)."""
+
 
 def result(
     db: str,
@@ -308,15 +323,14 @@ def result(
     shared: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """A page's result (`routescope.analysis.summary.PageResult`) from the store's memo, under
-    the key `routescope summarize` and the CLI use; computed here (streaming the run in chunks of
-    APP_MAX_ROWS route rows) only when the memo lacks it, with a progress bar meanwhile.
+    the key `routescope summarize` and the CLI use; computed here only when the memo lacks it
+    (streaming the run in chunks of APP_MAX_ROWS route rows, one computation at a time in this
+    server), with a progress bar meanwhile.
 
-    Kept in this process too (keyed by the file's version), so a repeat view opens no file.
+    Kept in this process too (keyed by the store's version), so a repeat view opens no file.
     `shared` (a dict the page makes on each run) keeps a pass several results share (the
     Experts page's counts), made only when one of them is missing.
     """
-    from routescope.analysis.summary import memo
-
     kind, params = item.key()
     key = (db, version, run_id, kind, canonical_json(params))
     hit = _kept(key)
@@ -325,15 +339,11 @@ def result(
     bar = ProgressBar(item.what)
     saving: list[str] = []  # the file's stamp when a computed result was about to be saved
     try:
-        with open_store(db) as store:
-            frame = memo(
-                _Watched(store, bar, lambda: saving.append(store_version(db))),
-                run_id,
-                item,
-                progress=bar,
-                shared=shared,
-                max_rows=APP_MAX_ROWS,
-            )
+        try:
+            frame = _from_memo(db, run_id, item, bar, shared, saving, compute=False)
+        except _Missing:
+            with _computing():  # read the memo again: another session may have computed it
+                frame = _from_memo(db, run_id, item, bar, shared, saving, compute=True)
     finally:
         bar.close()
     if saving and data_version(db) != version:
@@ -344,13 +354,53 @@ def result(
     return frame
 
 
-class _Watched:
-    """The store, with the progress bar shown as soon as a result is computed (only when the memo
-    lacks it; reading can take a moment before the first unit) and `computed()` called once it
-    is, just before the memo saves it."""
+@contextmanager
+def _computing() -> Iterator[None]:
+    """Hold the server's computation lock (saying so while another session holds it)."""
+    if not _COMPUTING.acquire(blocking=False):
+        note = st.empty()
+        note.info("Waiting for another analysis this server is computing…")
+        _COMPUTING.acquire()
+        note.empty()
+    try:
+        yield
+    finally:
+        _COMPUTING.release()
 
-    def __init__(self, store: RoutingStore, bar: ProgressBar, computed: Callable[[], None]):
-        self._store, self._bar, self._computed = store, bar, computed
+
+def _from_memo(
+    db: str,
+    run_id: str,
+    item: PageResult,
+    bar: ProgressBar,
+    shared: dict[str, Any] | None,
+    saving: list[str],
+    compute: bool,
+) -> pl.DataFrame:
+    """`summary.memo` over a short-lived store; a missing result raises `_Missing` unless
+    `compute`, and `saving` gets the file's stamp just before a computed result is saved."""
+    from routescope.analysis.summary import memo
+
+    with open_store(db) as store:
+        if compute and not is_parquet(db):
+            store.con.execute(f"SET memory_limit = '{APP_DUCKDB_MEMORY}'")
+        watched = _Watched(store, bar, lambda: saving.append(store_version(db)), compute)
+        return memo(watched, run_id, item, progress=bar, shared=shared, max_rows=APP_MAX_ROWS)
+
+
+class _Watched:
+    """The store, as `summary.memo` uses it: a result the memo lacks raises `_Missing`, or (with
+    `compute`) is computed with the progress bar shown from the start (reading can take a moment
+    before the first unit), `computed()` called just before the memo saves it."""
+
+    def __init__(
+        self,
+        store: RoutingStore,
+        bar: ProgressBar,
+        computed: Callable[[], None],
+        compute: bool,
+    ) -> None:
+        self._store, self._bar, self._computed, self._compute = store, bar, computed, compute
 
     def source(self, run: str | None = None, phase: str = "all") -> Any:
         return self._store.source(run, phase=phase)
@@ -359,6 +409,8 @@ class _Watched:
         self, run_id: str, kind: str, params: Any, compute: Callable[[], pl.DataFrame]
     ) -> pl.DataFrame:
         def computing() -> pl.DataFrame:
+            if not self._compute:
+                raise _Missing
             self._bar.start()
             frame = compute()
             self._computed()

@@ -4,18 +4,21 @@ A synthetic run (16 MoE layers, top-8 of 64, 2,048 sequences of 512 tokens; `ben
 is written to a DuckDB file; `streamlit run app/main.py` (the command `routescope app` runs) serves
 it; headless Chromium, driven over the DevTools protocol, opens each page of the app's page table
 (app/pages.py) and waits until it has settled: its title and charts drawn, no script running, no
-spinner or progress bar, and still so half a second later. Four passes:
-- first view: a fresh server and an empty results memo (every analysis computed, with progress);
-- repeat view: each page's URL loaded again in the same server (a new session; its caches);
-- in-app: the same pages reached by clicking the sidebar in one open session;
-- fresh server: a new server process over the same file, whose results memo now holds every
-  result (what a second user, or the CLI's results, gives).
+spinner or progress bar, its script no longer running (Streamlit's script state), and still so
+half a second later. Two servers, each over the same file:
+- summarized: `routescope summarize` first (what `routescope collect` and `import` run at their
+  end; timed, with its peak memory), then a new server: each page's first view (its results in
+  the memo, nothing computed in the server), its repeat view (the page's URL loaded again: a new
+  session on the same server) and in-app (the pages reached through the sidebar in one session);
+- nothing precomputed: the memo emptied, a new server: first views (every analysis computed in
+  the server, streamed from the store, with progress), repeat views, in-app.
 The server's peak resident memory is its VmHWM (/proc) at the end of each server's life.
 
 Targets (issue 12): first view <= 20 s, repeat view <= 2 s, server < 2 GiB.
 
 Rerun:  python benchmarks/bench_dashboard.py [--db PATH] [--tokens 1048576] [--out PATH]
-(--db keeps the synthetic store for later runs; it is built when missing.)
+(--db keeps the synthetic store for later runs; it is built when missing. Its results memo is
+emptied at the start.)
 """
 
 from __future__ import annotations
@@ -74,13 +77,17 @@ SHOWN = {
     "tokens": "plots() >= 1 && document.querySelectorAll('.rs-tok').length > 0",
     "experts": "plots() >= 4",
     "locality": "plots() >= 3",
+    "prefetch": "plots() >= 3",
     "localization": "plots() >= 1 && document.querySelectorAll('[data-testid=\"stDataFrame\"]')"
     ".length >= 1",
     "steering": "document.body.innerText.includes('Playground')",
     "sql": "document.querySelectorAll('textarea').length >= 1",
 }
 READY = """(() => {{
-  const plots = () => document.querySelectorAll('.js-plotly-plot .main-svg').length;
+  const plots = () => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .filter(p => p.querySelector('.main-svg')).length;
+  const app = document.querySelector('[data-testid="stApp"]');
+  const idle = app && app.getAttribute('data-test-script-state') === 'notRunning';
   const h1 = Array.from(document.querySelectorAll('h1')).some(h => h.innerText.trim() === {title});
   const busy = document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSpinner"],'
     + ' [data-testid="stProgress"], [data-testid="stSkeleton"]');
@@ -89,7 +96,7 @@ READY = """(() => {{
   if (errors.length) return {{errors}};
   const content = plots() + document.querySelectorAll('[data-testid="stDataFrame"],'
     + ' [data-testid="stMetric"], .rs-tok').length;
-  return {{ready: h1 && !busy && ({shown}), content: h1 && content > 0}};
+  return {{ready: h1 && idle && !busy && ({shown}), content: h1 && content > 0}};
 }})()"""
 
 
@@ -323,7 +330,6 @@ def build(db: str, tokens: int) -> str:
 
 
 def machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     mem = proc_total_gib()
     chrome = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
     import streamlit
@@ -331,7 +337,7 @@ def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Python "
         f"{platform.python_version()}, streamlit {streamlit.__version__}, duckdb "
-        f"{duckdb.__version__}, {chrome}; load average at the end: {load} (a shared machine)"
+        f"{duckdb.__version__}, {chrome} (a shared machine)"
     )
 
 
@@ -354,20 +360,77 @@ def cell(p: Pass, key: str) -> str:
     return f"{p.seconds[key]:.2f} (error)"
 
 
+def summarize(db: str) -> tuple[float, float, str]:
+    """`routescope summarize` over the run, in a process of its own: (wall seconds, its peak
+    resident memory in MiB, its output)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        f"sys.argv = ['routescope', 'summarize', {RUN_ID!r}, '--db', {db!r}]\n"
+        "from routescope.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    hwm = [l for l in Path('/proc/self/status').read_text().splitlines()\n"
+        "           if l.startswith('VmHWM:')][0].split()[1]\n"
+        "    print(f'VmHWM_KiB={hwm}', flush=True)\n"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    seconds = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise SystemExit(f"routescope summarize failed:\n{out}")
+    hwm = next(int(x.split("=")[1]) for x in out.split() if x.startswith("VmHWM_KiB="))
+    return seconds, hwm / 1024, out
+
+
+def empty_memo(db: str) -> int:
+    """Delete the run's stored results (the state before any analysis); the run's token count."""
+    con = duckdb.connect(db)
+    try:
+        tokens = con.execute("SELECT count(*) FROM tokens WHERE run_id = ?", [RUN_ID]).fetchall()
+        con.execute("DELETE FROM analysis_results WHERE run_id = ?", [RUN_ID])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return int(tokens[0][0])
+
+
+def serve(
+    db: str, work: Path, browser: Browser, keys: list[str], label: str
+) -> tuple[list[Pass], float]:
+    """A new server over db: first, repeat and in-app views of each page; (passes, peak MiB)."""
+    server = Server(db, work)
+    try:
+        first = view_all(browser, server, f"{label} first", keys)
+        passes = [
+            first,
+            view_all(browser, server, f"{label} repeat", keys, skip=first),
+            view_all(browser, server, f"{label} in-app", keys, skip=first, in_app=True),
+        ]
+    finally:
+        peak = server.stop()
+    return passes, peak
+
+
 def report(
-    args: argparse.Namespace,
     keys: list[str],
-    passes: list[Pass],
-    peaks: list[float],
+    summarized: list[Pass],
+    fresh: list[Pass],
+    peaks: tuple[float, float],
+    summary: tuple[float, float],
     built: str,
     tokens: int,
 ) -> str:
-    first, repeat, in_app, fresh = passes
     ok = lambda p, k, limit: (  # noqa: E731
         ("—" if p.errors[k].startswith("left out") else "**no**")
         if k in p.errors
         else ("yes" if p.seconds[k] <= limit else "**no**")
     )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "# Dashboard: page times and server memory",
         "",
@@ -378,49 +441,71 @@ def report(
         "Each page opened in headless Chromium (DevTools protocol) until settled: title and charts "
         "drawn, no script running, no spinner or progress bar, still so 0.5 s later (time to the "
         "first such moment). Pages with their default choices (first sequence, middle layer, "
-        "default segment lengths and policies, first label against the rest). Passes: *first "
-        "view* (a new server, an empty results memo: every analysis computed, streamed from the "
-        "store, with progress); *repeat view* (the page's URL loaded again: a new browser "
-        "session on the same server); *in-app* (the same pages reached through the sidebar in "
-        "one session, as a user moves between them); *fresh server* (a new server process whose "
-        "memo holds every result, as after `routescope analyze …` with the pages' defaults).",
+        "default segment lengths and policies, first label against the rest). *first view*: a "
+        "new server's first view of the page; *repeat view*: the page's URL loaded again (a new "
+        "browser session on the same server); *in-app*: the pages reached through the sidebar in "
+        "one session, as a user moves between them.",
         "",
-        "| page | first view s | its first chart or table s | repeat view s | repeat, in-app "
-        "navigation s | fresh server, results in the memo s | first ≤ 20 s | repeat ≤ 2 s |",
-        "|---|---:|---:|---:|---:|---:|:---:|:---:|",
+        f"**After `routescope summarize`** (what `routescope collect` and `routescope import` run "
+        f"at their end): {summary[0]:.0f} s, peak memory {summary[1]:,.0f} MiB, in a process of "
+        "its own; then a new server.",
+        "",
+        "| page | first view s | repeat view s | in-app s | first ≤ 20 s | repeat ≤ 2 s |",
+        "|---|---:|---:|---:|:---:|:---:|",
     ]
     for k in keys:
-        cells = [cell(p, k) for p in passes]
-        cells.insert(1, "—" if first.first_content[k] != first.first_content[k] else
-                     f"{first.first_content[k]:.2f}")  # fmt: skip
+        cells = [cell(p, k) for p in summarized]
         lines.append(
-            f"| {manifest.page(k).title} | {' | '.join(cells)} | {ok(first, k, 20)} | "
-            f"{ok(repeat, k, 2)} / {ok(in_app, k, 2)} |"
+            f"| {manifest.page(k).title} | {' | '.join(cells)} | {ok(summarized[0], k, 20)} | "
+            f"{ok(summarized[1], k, 2)} |"
         )
     lines += [
         "",
-        f"Server peak resident memory (VmHWM): **{peaks[0]:,.0f} MiB** over the first and repeat "
-        f"views, {peaks[1]:,.0f} MiB over the fresh server's views (target < 2,048 MiB).",
+        f"Server peak resident memory (VmHWM): **{peaks[0]:,.0f} MiB** (target < 2,048 MiB).",
+        "",
+        "**Nothing precomputed** (the memo emptied, a new server: each page's first view "
+        "computes its analyses in the server, in chunks of `APP_MAX_ROWS` route rows, with "
+        "progress):",
+        "",
+        "| page | first view s | its first chart or table s | repeat view s | in-app s "
+        "| repeat ≤ 2 s |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for k in keys:
+        first = fresh[0]
+        shown = first.first_content[k]
+        cells = [cell(first, k), "—" if shown != shown else f"{shown:.2f}"]
+        cells += [cell(p, k) for p in fresh[1:]]
+        lines.append(f"| {manifest.page(k).title} | {' | '.join(cells)} | {ok(fresh[1], k, 2)} |")
+    lines += [
+        "",
+        f"Server peak resident memory (VmHWM): **{peaks[1]:,.0f} MiB** (target < 2,048 MiB).",
         "",
         "Server memory after each page's first view, resident / peak so far (MiB): "
         + ", ".join(
-            f"{manifest.page(k).title} {first.rss_after[k]:,.0f} / {first.peak_after[k]:,.0f}"
+            f"{manifest.page(k).title} {fresh[0].rss_after[k]:,.0f} / {fresh[0].peak_after[k]:,.0f}"
             for k in keys
         )
         + ".",
     ]
-    errors = {(p.name, k): e for p in passes for k, e in p.errors.items()}
+    errors = {(p.name, k): e for p in [*summarized, *fresh] for k, e in p.errors.items()}
     if errors:
         lines += ["", "Errors:"] + [f"- {n} / {k}: {e}" for (n, k), e in errors.items()]
     lines += [
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}; load average when the benchmark started: "
+        f"{START_LOAD}, at the end: {load}.",
         "",
         "Rerun: `python benchmarks/bench_dashboard.py --db /tmp/olmoe-1m.duckdb` (builds the run "
-        "when the file is missing, then keeps it; `--tokens` for another size).",
+        "when the file is missing, then keeps it; `--tokens` for another size; `--pages` for "
+        "some pages).",
         "",
     ]
     return "\n".join(lines)
+
+
+#: The load average when the benchmark started (a shared machine: others' work slows it down).
+START_LOAD = ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -441,32 +526,20 @@ def main() -> None:
             print(f"building {args.tokens:,} tokens into {db} …", flush=True)
             built = build(db, args.tokens)
             print(built, flush=True)
-        con = duckdb.connect(db)
-        tokens = con.execute("SELECT count(*) FROM tokens WHERE run_id = ?", [RUN_ID]).fetchall()
-        con.execute("DELETE FROM analysis_results WHERE run_id = ?", [RUN_ID])  # an empty memo
-        con.execute("CHECKPOINT")
-        con.close()
         browser = Browser(work / "chrome-profile")
-        peaks: list[float] = []
         try:
-            server = Server(db, work)
-            try:
-                first = view_all(browser, server, "first", keys)
-                passes = [
-                    first,
-                    view_all(browser, server, "repeat", keys, skip=first),
-                    view_all(browser, server, "in-app", keys, skip=first, in_app=True),
-                ]
-            finally:
-                peaks.append(server.stop())
-            server = Server(db, work)
-            try:
-                passes.append(view_all(browser, server, "fresh server", keys, skip=first))
-            finally:
-                peaks.append(server.stop())
+            tokens = empty_memo(db)
+            print("routescope summarize …", flush=True)
+            seconds, mib, out = summarize(db)
+            print(out, f"summarize: {seconds:.0f} s, peak {mib:,.0f} MiB", flush=True)
+            summarized, peak_summarized = serve(db, work, browser, keys, "summarized")
+            empty_memo(db)
+            fresh, peak_fresh = serve(db, work, browser, keys, "fresh")
         finally:
             browser.close()
-    text = report(args, keys, passes, peaks, built, int(tokens[0][0]))
+    text = report(
+        keys, summarized, fresh, (peak_summarized, peak_fresh), (seconds, mib), built, tokens
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)

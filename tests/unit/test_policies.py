@@ -119,7 +119,20 @@ def test_locality_page_reads_services_and_rules_from_the_table():
     text = APP_PAGE.read_text()
     assert "belady-bypass" not in text  # the service rule comes from the table
     assert '"simultaneous"]' not in text  # so does the service list
-    assert "cache_policies.SERVICES" in text and ".allows(service)" in text
+    assert "cache_policies.SERVICES" in text and "summary.locality_cache(" in text
+
+
+def test_page_policies_follow_each_policys_service_rule():
+    from routescope.analysis.summary import cache_policies_shown
+
+    for service in policies.SERVICES:
+        shown = cache_policies_shown(None, service)
+        allowed = [
+            p for p in policies.default_policies() if policies.get_policy(p)[0].allows(service)
+        ]
+        assert shown == (allowed if "belady" in allowed else [*allowed, "belady"])
+    assert "belady-bypass" not in cache_policies_shown(["belady-bypass", "lru"], "simultaneous")
+    assert cache_policies_shown(["lru"], "stream") == ["lru", "belady"]
 
 
 def test_duplicates_and_clashes_are_refused(scratch_registry):
