@@ -12,6 +12,7 @@ PYTHON="$venv/bin/python" ROUTESCOPE_DEPS=latest bash scripts/install.sh dev
 export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PATH="$PWD/$venv/bin:$PATH"
 "$venv/bin/python" -m ruff check .
+"$venv/bin/python" -m mypy routescope
 "$venv/bin/python" -m pytest -n 2 -q -p no:cacheprovider tests
 tmp=$(mktemp)
 {
