@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from routescope.core.canonical import canonical_json
 from routescope.core.errors import StoreError
-from routescope.store.layout import cluster_run
+from routescope.store.layout import finish_runs
 from routescope.store.schema import JOB_SIZE_PREFIX
 from routescope.store.writer import RUN_TABLES
 
@@ -178,7 +178,10 @@ def merge_sources(
                     f"INSERT INTO runs ({', '.join(run_cols)}) VALUES ({', '.join('?' * len(run_cols))})",
                     values,
                 )
-            ocon.execute("UPDATE runs SET status = ? WHERE run_id = ?", [p["status"], rid])
+            # rows are added: the run is clustered again by finish_runs
+            ocon.execute(
+                "UPDATE runs SET status = ?, layout = NULL WHERE run_id = ?", [p["status"], rid]
+            )
             if p["total"] is not None:
                 ocon.execute(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -202,8 +205,7 @@ def merge_sources(
         ocon.execute("ROLLBACK")
         raise
     if cluster:  # a caller merging many chunks into one run clusters it once at the end
-        for rid in plan:
-            cluster_run(ocon, rid)
+        finish_runs(ocon, list(plan))  # a file output is compacted once for all its runs
     return result
 
 

@@ -25,7 +25,7 @@ from routescope.core.protocols import RunFields
 from routescope.core.records import BatchRouting
 from routescope.core.trace import PHASES
 from routescope.store.connect import CollectionLock
-from routescope.store.layout import cluster_run
+from routescope.store.layout import finish_runs
 
 if TYPE_CHECKING:
     from routescope.store.store import RoutingStore
@@ -338,9 +338,13 @@ class StoreWriter:
         return tables["routes"].num_rows
 
     def finish_run(self, run_id: str) -> None:
-        """The job stopped writing to the run: cluster its rows by layer for reading."""
+        """The job stopped writing to the run: cluster its rows by layer for reading.
+
+        A file store is compacted while at it when clustering in place would leave it with much
+        free space (`routescope.store.layout.finish_runs`); `self.con` keeps working.
+        """
         self._require_writable()
-        cluster_run(self.con, run_id)
+        finish_runs(self.con, [run_id])
 
 
 class IntermittentStore:
