@@ -158,9 +158,7 @@ def test_steered_job_records_the_edit(tmp_path, lm, prompt_files):
     job = job_from_options(
         prompt_files, db=db, batch_size=4, model="tiny/olmoe", steering=str(spec)
     )
-    steered = run_job(
-        job, quiet=True, lm=lm, collect_fn=collect_batch, steering=job_steering(job)
-    )
+    steered = run_job(job, quiet=True, lm=lm, collect_fn=collect_batch, steering=job_steering(job))
     assert steered.run_id != base.run_id
     with RoutingStore(db, read_only=True) as store:
         st = store.load_trace(steered.run_id)

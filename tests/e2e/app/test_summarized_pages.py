@@ -16,9 +16,7 @@ CHARTS = {"experts": 4, "locality": 3, "prefetch": 3, "localization": 1}
 
 
 def _memo(db: str, run_id: str) -> set[tuple[str, str]]:
-    return set(
-        sql(db, "SELECT kind, params_key FROM analysis_results WHERE run_id = ?", [run_id])
-    )
+    return set(sql(db, "SELECT kind, params_key FROM analysis_results WHERE run_id = ?", [run_id]))
 
 
 def test_pages_render_from_summarize_without_computing(store_copy, monkeypatch):
