@@ -2,8 +2,8 @@
 
 `RayExecutor` is an `Executor` (`routescope.analysis.streaming`): the driver plans units over the
 source (`plan_units`), each Ray task reopens the source where it runs (a source pickles as the path
-of its DuckDB file or Parquet dataset, so every worker must see that path: a shared filesystem, or
-an object-store path pyarrow reads), runs the kernel over its unit in bounded chunks and returns
+of its DuckDB file or Parquet dataset, so every worker must see that path on a shared filesystem;
+DuckDB reads the files, so an object-store URL would need its httpfs extension: not tested), runs the kernel over its unit in bounded chunks and returns
 the unit's partial; the driver merges partials in unit order and finalizes. Partials are exact
 aggregates, so the result equals the one-process result bit for bit.
 """
