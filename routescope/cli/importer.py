@@ -41,7 +41,7 @@ def import_cmd(
 
     get_format(fmt)  # an unknown format: one line listing the formats
     bar = Progress(
-        TextColumn(f"[bold]import[/] {fmt}"),
+        TextColumn("[bold]import[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("sequences"),
@@ -61,6 +61,9 @@ def import_cmd(
             top_k=top_k,
             seq_len=seq_len,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            finishing=lambda: bar.update(
+                task, description=f"{fmt}: clustering the run's rows by layer…"
+            ),
         )
     weights = "with gate weights" if result.has_weights else "no gate weights"
     tokens = "" if result.has_token_ids else ", no token ids"

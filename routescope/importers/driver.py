@@ -323,13 +323,15 @@ def import_trace(
     flush_rows: int = FLUSH_ROWS,
     progress: Callable[[int, int], None] | None = None,
     after_batch: Callable[[int], None] | None = None,
+    finishing: Callable[[], None] | None = None,
 ) -> ImportResult:
     """Import `paths` (files or directories) of format `fmt` as run `name` in `db`.
 
     model: a local model directory (only its config and tokenizer are read) or a `ModelInfo`;
     it fills the run's shape and token texts. num_experts/top_k: the shape where the trace and
     `--model` do not give it. Resumable: a re-run of the same command skips stored sequences.
-    progress(sequences_done, sequences_total) after each batch; after_batch(i) after batch i.
+    progress(sequences_done, sequences_total) after each batch; after_batch(i) after batch i;
+    finishing() once every sequence is stored, before the run is clustered.
     """
     from routescope.importers.model import model_info
     from routescope.store.schema import job_size_key
@@ -444,6 +446,8 @@ def import_trace(
                 flush()
         flush()
         writer.set_status(run_id, "complete")
+        if finishing is not None:
+            finishing()
         writer.finish_run(run_id)  # cluster the run's rows by layer for reading
     except KeyboardInterrupt:
         writer.set_status(run_id, "interrupted")

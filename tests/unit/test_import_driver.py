@@ -130,6 +130,32 @@ def test_vllm_rows_align_with_tokens(tmp_path):
     assert not Path(tmp_path / "y.duckdb").exists()
 
 
+def test_finishing_is_called_once_every_sequence_is_stored_before_clustering(tmp_path):
+    """The CLI's bar says "clustering" from this call on: every sequence is stored by then and the
+    run is not clustered yet; afterwards it is."""
+    import duckdb
+
+    resp = {"prompt_token_ids": [10, 11, 12], "prompt_routed_experts": npy_b64(routed(3, 2, 2))}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(resp))
+    db = str(tmp_path / "x.duckdb")
+    seen: list[tuple[int, str | None]] = []
+
+    def finishing() -> None:
+        con = duckdb.connect(db, read_only=True)
+        try:
+            n = con.execute("SELECT count(*) FROM tokens").fetchall()[0][0]
+            layout = con.execute("SELECT layout FROM runs").fetchall()[0][0]
+        finally:
+            con.close()
+        seen.append((n, layout))
+
+    import_trace("vllm", [path], db=db, name="x", finishing=finishing)
+    assert seen == [(3, None)]
+    with RoutingStore(db, read_only=True) as store:
+        assert store.run_info("x")["layout"] == "layer-major"
+
+
 def test_sglang_chains_batched_decode_by_position(tmp_path):
     """Two requests prefilled together (lengths 3 and 3: the same next position), then decoded
     together for two steps: the i-th decode token goes to the i-th oldest open sequence."""
