@@ -13,11 +13,15 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
 from routescope.core.errors import StoreError
+
+T = TypeVar("T")
 
 #: Seconds a read-only open waits while a collection job holds the file for a commit.
 READER_LOCK_TIMEOUT = 10.0
@@ -34,38 +38,51 @@ def _holder(exc: Exception) -> str:
     return f" (process {pid.group(1)})" if pid else ""
 
 
-def connect_retrying(
-    path: str | Path, read_only: bool, lock_timeout: float
-) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file, backing off (20 ms doubling to 1 s) up to `lock_timeout` seconds while
-    another process holds its lock; then one clear line that says who holds it and what to do."""
-    deadline = time.monotonic() + max(lock_timeout, 0.0)
+def while_locked(attempt: Callable[[], T], timeout: float) -> T:
+    """`attempt()`, called again while it fails on another process's lock of a DuckDB file,
+    backing off (20 ms doubling to 1 s) for up to `timeout` seconds; then its lock error."""
+    deadline = time.monotonic() + max(timeout, 0.0)
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            # DuckDB's own bar would draw over routescope's progress output on long statements
-            con.execute("SET enable_progress_bar = false")
-            return con
+            return attempt()
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise StoreError(
-                    f"cannot open {path} as a DuckDB database: {first_line(str(exc))}"
-                ) from None
-            if time.monotonic() + delay > deadline:
-                waited = f" after {lock_timeout:g} s" if lock_timeout > 0 else ""
-                raise StoreError(
-                    f"database {path} is still locked for writing by another process"
-                    f"{_holder(exc)}{waited}; wait for that job to finish (or stop it), point "
-                    "--db at another file, or read a Parquet export of the run "
-                    "(`routescope export RUN --parquet DIR`)"
-                ) from None
+            if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                raise
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        except duckdb.Error as exc:
+
+
+def connect_retrying(
+    path: str | Path, read_only: bool, lock_timeout: float
+) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, waiting up to `lock_timeout` seconds while another process holds its
+    lock (`while_locked`); then one clear line that says who holds it and what to do."""
+
+    def attempt() -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(path), read_only=read_only)
+        # DuckDB's own bar would draw over routescope's progress output on long statements
+        con.execute("SET enable_progress_bar = false")
+        return con
+
+    try:
+        return while_locked(attempt, lock_timeout)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
             raise StoreError(
                 f"cannot open {path} as a DuckDB database: {first_line(str(exc))}"
             ) from None
+        waited = f" after {lock_timeout:g} s" if lock_timeout > 0 else ""
+        raise StoreError(
+            f"database {path} is still locked for writing by another process"
+            f"{_holder(exc)}{waited}; wait for that job to finish (or stop it), point "
+            "--db at another file, or read a Parquet export of the run "
+            "(`routescope export RUN --parquet DIR`)"
+        ) from None
+    except duckdb.Error as exc:
+        raise StoreError(
+            f"cannot open {path} as a DuckDB database: {first_line(str(exc))}"
+        ) from None
 
 
 class CollectionLock:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import duckdb
 
 from routescope.core.errors import StoreError
+from routescope.store.connect import while_locked
 from routescope.store.schema import DDL, SCHEMA_VERSION
 
 #: The layout written by `cluster_run` and `compact`.
@@ -246,21 +247,6 @@ def _write_copy(
     con.execute(f"CHECKPOINT {d}")
 
 
-def _attach_retrying(con: duckdb.DuckDBPyConnection, path: str, name: str) -> None:
-    """ATTACH the file as `name`, backing off while another process holds its lock."""
-    deadline = time.monotonic() + REATTACH_TIMEOUT
-    delay = 0.02
-    while True:
-        try:
-            con.execute(f"ATTACH {_sql_str(path)} AS {_ident(name)}")
-            return
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
 def compact(
     con: duckdb.DuckDBPyConnection,
     cluster: Sequence[str] = (),
@@ -314,7 +300,10 @@ def compact(
         if not replaced:
             _remove_copy(tmp)
         try:
-            _attach_retrying(con, path, name)
+            # another process may have opened the new file meanwhile: wait for it
+            while_locked(
+                lambda: con.execute(f"ATTACH {_sql_str(path)} AS {_ident(name)}"), REATTACH_TIMEOUT
+            )
         except duckdb.Error as exc:
             raise StoreError(
                 f"{path} could not be opened again after compacting it: "
