@@ -24,18 +24,14 @@ emptied at the start.)
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,27 +40,15 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.synthetic
 sys.path.insert(0, str(ROOT / "app"))  # the app's page table
+sys.path.insert(0, str(ROOT / "tests"))  # headless_chromium
 
 import pages as manifest  # noqa: E402
+from headless_chromium import CHROMIUM, Chromium, free_port, http_get, wait_for  # noqa: E402
 
 from benchmarks.synthetic import write_synthetic_run  # noqa: E402
 from routescope.cli.dashboard import streamlit_command  # noqa: E402
 
 RUN_ID = "olmoe-1m"
-CHROMIUM = next(
-    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()),
-    None,
-)
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Seconds a page may take before it counts as failed (and is left out of the later passes).
 PAGE_TIMEOUT = 600.0
 #: A page counts as settled when its ready test holds now and this many seconds later.
@@ -101,88 +85,13 @@ READY = """(() => {{
 
 
 # ---- the browser ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.read().decode()
-    except OSError:
-        return None
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class CDP:
-    """A minimal Chrome DevTools protocol client over one page's websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=None, open_timeout=30)
-        self.ids = itertools.count(1)
-
-    def call(self, method: str, timeout: float = 120, **params: object) -> dict:
-        msg_id = next(self.ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.1)))
-            if msg.get("id") == msg_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def js(self, expression: str) -> object:
-        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return res.get("result", {}).get("value")
-
-
-class Browser:
-    """Headless Chromium with a fresh profile and a CDP client on its first page."""
+class Browser(Chromium):
+    """Headless Chromium (tests/headless_chromium.py) that opens and times the app's pages."""
 
     def __init__(self, profile: Path) -> None:
         if CHROMIUM is None:
             raise SystemExit("Chromium is not installed (apt-get install chromium)")
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                *CHROME_FLAGS,
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "--window-size=1400,1000",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        active = profile / "DevToolsActivePort"
-        wait_for(lambda: active.exists() and active.read_text().strip(), 60, "Chromium")
-        port = active.read_text().split()[0]
-        targets = wait_for(
-            lambda: [
-                t
-                for t in json.loads(http_get(f"http://127.0.0.1:{port}/json/list") or "[]")
-                if t.get("type") == "page"
-            ],
-            30,
-            "a Chromium page",
-        )
-        self.cdp = CDP(targets[0]["webSocketDebuggerUrl"])
-        self.cdp.call("Page.enable")
-        self.cdp.call("Runtime.enable")
+        super().__init__(profile)
 
     def view(
         self, url: str, page: manifest.Page, in_app: bool = False
@@ -215,14 +124,6 @@ class Browser:
                 continue
             time.sleep(0.1)
         return time.perf_counter() - t0, first, f"not settled after {PAGE_TIMEOUT:.0f} s"
-
-    def close(self) -> None:
-        self.cdp.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 # ---- the server ----------------------------------------------------------------------------------

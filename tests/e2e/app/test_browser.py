@@ -6,118 +6,23 @@ only where no Chromium is installed."""
 
 from __future__ import annotations
 
-import base64
-import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
 import pages as manifest  # app/pages.py (conftest puts app/ on sys.path)
 import pytest
+from headless_chromium import CDP, CHROMIUM, Chromium, free_port, http_get, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = next(
-    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()),
-    None,
-)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="Chromium is not installed (apt-get install chromium; scripts/test.sh does it)",
 )
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    """Poll predicate() until it returns something truthy; fail naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-def http_get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.read().decode()
-    except OSError:
-        return None
-
-
-class CDP:
-    """A minimal Chrome DevTools protocol client over one page's websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=None, open_timeout=20)
-        self.ids = itertools.count(1)
-
-    def call(self, method: str, timeout: float = 60, **params) -> dict:
-        msg_id = next(self.ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.1)))
-            if msg.get("id") == msg_id:
-                if "error" in msg:
-                    raise AssertionError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def js(self, expression: str):
-        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return res.get("result", {}).get("value")
-
-    def click(self, selector: str) -> None:
-        """A real mouse click (pressed and released) in the middle of the first match."""
-        box = self.js(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
-            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
-        )
-        assert box, f"nothing to click at {selector}"
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.call(
-                "Input.dispatchMouseEvent",
-                type=kind,
-                x=box[0],
-                y=box[1],
-                button="left",
-                clickCount=1,
-            )
-
-    def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(data["data"]))
-        return path
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 @pytest.fixture
@@ -159,52 +64,11 @@ def served_app(store_copy, tmp_path):
 @pytest.fixture
 def browser(tmp_path):
     """Headless Chromium with a fresh profile; yields a CDP client on its first page."""
-    profile = tmp_path / "chrome-profile"
-    proc = subprocess.Popen(
-        [
-            CHROMIUM,
-            *CHROME_FLAGS,
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "--window-size=1400,1000",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    cdp = None
+    chromium = Chromium(tmp_path / "chrome-profile")
     try:
-        active = profile / "DevToolsActivePort"
-        wait_for(lambda: active.exists() and active.read_text().strip(), 60, "Chromium to start")
-        port = active.read_text().split()[0]
-        pages = wait_for(
-            lambda: [
-                t
-                for t in json.loads(http_get(f"http://127.0.0.1:{port}/json/list") or "[]")
-                if t.get("type") == "page"
-            ],
-            30,
-            "a Chromium page target",
-        )
-        cdp = CDP(pages[0]["webSocketDebuggerUrl"])
-        cdp.call("Page.enable")
-        cdp.call("Runtime.enable")
-        cdp.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1400,
-            height=1000,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        yield cdp
+        yield chromium.cdp
     finally:
-        if cdp is not None:
-            cdp.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        chromium.close()
 
 
 def open_page(cdp: CDP, url: str, ready_js: str, what: str) -> None:
