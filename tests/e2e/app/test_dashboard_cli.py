@@ -9,14 +9,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from headless_chromium import free_port, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -33,18 +32,8 @@ def routescope_command() -> list[str]:
     return [sys.executable, "-c", "from routescope.cli import main; main()"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def health(base: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-            return r.read().decode()
-    except OSError:
-        return None
+    return http_get(f"{base}/_stcore/health")
 
 
 def wait_healthy(proc: subprocess.Popen, base: str, log: Path) -> float:
